@@ -1,0 +1,120 @@
+"""ListOps from the LRA TSV files: basic_{train,val,test}.tsv in `data_dir`.
+
+Tokenized as LRA does (delete the parentheses, ']' becomes 'X', split on whitespace) into ids with
+pad 0 and vocabulary 17 (15 token types, one never-used out-of-vocabulary id 16, and the pad),
+truncated and right-padded to max_seq_len. The arrays are cached as .npy beside the data.
+Without a data_dir and without `lra_release/listops-1000`, the full set is generated once.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+from utils import ROOT, UserError
+
+SPLITS = {'train': 'basic_train.tsv', 'valid': 'basic_val.tsv', 'test': 'basic_test.tsv'}
+HEADER = 'Source\tTarget'
+# LRA builds its vocabulary in hash order, which no run can reproduce; any fixed mapping is as good.
+TOKENS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '[MIN', '[MAX', '[MED', '[SM', 'X']
+VOCAB = {token: i + 1 for i, token in enumerate(TOKENS)}  # 0 = padding
+OOV_ID = len(TOKENS) + 1  # 16: reserved as in LRA, never produced here (unknown tokens are an error)
+VOCAB_SIZE = len(TOKENS) + 2  # 17
+NUM_CLASSES = 10
+LRA_DIR = ROOT / 'lra_release' / 'listops-1000'
+GENERATED_DIR = ROOT / 'data' / 'listops-1000'
+
+
+def tokenize(expression):
+    """An expression string -> list of token ids (no truncation, no padding)."""
+    tokens = expression.replace('(', '').replace(')', '').replace(']', 'X').split()
+    return [VOCAB[token] for token in tokens]
+
+
+def pad(ids, max_seq_len):
+    """Token ids -> (max_seq_len,) uint8: the first max_seq_len ids, right-padded with 0."""
+    row = np.zeros(max_seq_len, dtype=np.uint8)
+    row[:min(len(ids), max_seq_len)] = ids[:max_seq_len]
+    return row
+
+
+def encode(expressions, max_seq_len):
+    """Expressions -> (N, max_seq_len) uint8 ids."""
+    return np.stack([pad(tokenize(expression), max_seq_len) for expression in expressions])
+
+
+def read_tsv(path, max_seq_len):
+    """One split file -> (inputs (N, max_seq_len) uint8, targets (N,) int32). A malformed row stops with
+    the file name and line number."""
+    inputs, targets = [], []
+    with open(path, encoding='utf-8', newline='') as f:
+        header = f.readline().rstrip('\r\n')
+        if header != HEADER:
+            raise UserError(f'{path}:1: expected the header {HEADER!r}, found {header[:40]!r}: not a ListOps TSV file')
+        for number, line in enumerate(f, start=2):
+            line = line.rstrip('\r\n')
+            if not line:
+                continue
+            fields = line.split('\t')
+            try:
+                if len(fields) != 2:
+                    raise ValueError(f'{len(fields)} tab-separated fields instead of 2 (Source, Target)')
+                target = int(fields[1])
+                if not 0 <= target < NUM_CLASSES:
+                    raise ValueError(f'target {target} is not a digit 0-9')
+                tokens = tokenize(fields[0])
+            except KeyError as error:
+                raise UserError(f'{path}:{number}: unknown token {error.args[0]!r} in the expression') from None
+            except ValueError as error:
+                raise UserError(f'{path}:{number}: malformed row: {error}') from None
+            inputs.append(pad(tokens, max_seq_len))
+            targets.append(target)
+    if not targets:
+        raise UserError(f'{path} has no examples')
+    return np.stack(inputs), np.asarray(targets, dtype=np.int32)
+
+
+def _save_atomic(path, array):
+    tmp = path.with_name(path.name + '.tmp.npy')
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def load_split(path, max_seq_len):
+    """A split's arrays from the .npy cache beside `path`, (re)built when missing or older than the TSV."""
+    cache = {key: path.with_name(f'{path.stem}.T{max_seq_len}.{key}.npy') for key in ('inputs', 'targets')}
+    if all(c.exists() and c.stat().st_mtime >= path.stat().st_mtime for c in cache.values()):
+        return {key: np.load(c) for key, c in cache.items()}
+    print(f'tokenizing {path} (once; cached as .npy beside it) ...', flush=True)
+    inputs, targets = read_tsv(path, max_seq_len)
+    try:
+        _save_atomic(cache['inputs'], inputs)
+        _save_atomic(cache['targets'], targets)
+    except OSError as error:
+        print(f'note: cannot write the token cache beside {path} ({error}); tokenizing again next time')
+    return {'inputs': inputs, 'targets': targets}
+
+
+def default_data_dir():
+    """The LRA release when it is there, else the generated set (made once, the first time)."""
+    if all((LRA_DIR / name).exists() for name in SPLITS.values()):
+        return LRA_DIR
+    if not all((GENERATED_DIR / name).exists() for name in SPLITS.values()):
+        from listops.generate import write_dataset
+        print(f'no LRA ListOps data in {LRA_DIR}: generating the full LRA-sized set (96,000 / 2,000 / 2,000) '
+              f'once into {GENERATED_DIR} (a few minutes) ...', flush=True)
+        try:
+            write_dataset(GENERATED_DIR)
+        except OSError as error:
+            raise UserError(f'cannot generate ListOps data into {GENERATED_DIR} ({error}); '
+                            f'pass --data_dir=DIR with the LRA files basic_train.tsv, basic_val.tsv, basic_test.tsv') from None
+    return GENERATED_DIR
+
+
+def load_dataset(config):
+    """(train, valid, test) dicts of numpy arrays: 'inputs' (N, max_seq_len) uint8 ids, 'targets' (N,) int32."""
+    data_dir = default_data_dir() if config.data_dir is None else Path(config.data_dir).expanduser().resolve()
+    missing = [name for name in SPLITS.values() if not (data_dir / name).is_file()]
+    if missing:
+        raise UserError(f'{data_dir} lacks {", ".join(missing)}: point --data_dir at the LRA folder '
+                        f'lra_release/listops-1000, or make one with python listops/generate.py --output_dir {data_dir}')
+    return tuple(load_split(data_dir / SPLITS[split], config.max_seq_len) for split in ('train', 'valid', 'test'))
