@@ -1,0 +1,103 @@
+"""The ListOps loader on files in the LRA archive's exact format (rows of the official generator)."""
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from listops import dataset
+from listops.dataset import VOCAB, encode, load_dataset, tokenize
+from trainer import Config
+from utils import UserError
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return shutil.copytree(FIXTURES / 'listops-1000', tmp_path / 'listops')
+
+
+def test_tokenize_known_expression():
+    expression = '( ( ( [MAX 2 ) ( ( ( [SM 9 ) 0 ) ] ) ) ] )'
+    assert tokenize(expression) == [VOCAB[t] for t in ['[MAX', '2', '[SM', '9', '0', 'X', 'X']]
+    assert len(set(VOCAB.values())) == 15 and min(VOCAB.values()) == 1 and max(VOCAB.values()) == 15
+    assert dataset.VOCAB_SIZE == 17 and dataset.OOV_ID == 16
+
+
+def test_truncation_and_padding():
+    ids = encode(['( ( ( [MIN 1 ) 2 ) ] )', '3'], max_seq_len=3)
+    assert ids.tolist() == [[VOCAB['[MIN'], VOCAB['1'], VOCAB['2']], [VOCAB['3'], 0, 0]]
+    assert encode(['7'], max_seq_len=5).tolist() == [[VOCAB['7'], 0, 0, 0, 0]]
+
+
+def test_loads_real_files_and_caches(data_dir, monkeypatch):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    train, valid, test = load_dataset(config)
+    assert [len(s['targets']) for s in (train, valid, test)] == [24, 7, 9]
+    assert train['inputs'].shape == (24, 2000) and train['targets'].dtype == np.int32
+    # the first real row: its label and its tokens read straight from the file
+    source, target = (data_dir / 'basic_train.tsv').read_text().split('\n')[1].rstrip('\r').split('\t')
+    assert train['targets'][0] == int(target)
+    n = len(tokenize(source))
+    assert 500 < n < 2000 and train['inputs'][0, :n].tolist() == tokenize(source)
+    assert not train['inputs'][0, n:].any()
+    assert sorted(p.name for p in data_dir.glob('*.npy'))[:2] == ['basic_test.T2000.inputs.npy',
+                                                                  'basic_test.T2000.targets.npy']
+
+    def no_parsing(*_):
+        raise AssertionError('the .npy cache should have been used')
+    monkeypatch.setattr(dataset, 'read_tsv', no_parsing)
+    again, _, _ = load_dataset(config)
+    np.testing.assert_array_equal(again['inputs'], train['inputs'])
+
+
+def test_cache_is_rebuilt_for_another_length_or_newer_file(data_dir):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    full, _, _ = load_dataset(config)
+    short, _, _ = load_dataset(dataclasses.replace(config, max_seq_len=10))
+    np.testing.assert_array_equal(short['inputs'], full['inputs'][:, :10])
+    lines = (data_dir / 'basic_train.tsv').read_bytes().split(b'\r\n')
+    (data_dir / 'basic_train.tsv').write_bytes(b'\r\n'.join(lines[:1] + lines[2:]))  # drop the first row
+    cache = data_dir / 'basic_train.T2000.inputs.npy'
+    os.utime(cache, (cache.stat().st_mtime - 10, cache.stat().st_mtime - 10))
+    fewer, _, _ = load_dataset(config)
+    np.testing.assert_array_equal(fewer['inputs'], full['inputs'][1:])
+
+
+@pytest.mark.parametrize('row, problem', [
+    ('( ( ( [MAX 2 ) 9 ) ] )', '1 tab-separated fields instead of 2'),
+    ('( ( ( [MAX 2 ) 9 ) ] )\tnine', 'malformed row'),
+    ('( ( ( [MAX 2 ) 9 ) ] )\t12', 'not a digit'),
+    ('( ( ( [MOD 2 ) 9 ) ] )\t1', "unknown token '\\[MOD'"),
+])
+def test_malformed_row_names_file_and_line(data_dir, row, problem):
+    path = data_dir / 'basic_val.tsv'
+    lines = path.read_text().split('\n')
+    lines[3] = row + '\r'
+    path.write_text('\n'.join(lines))
+    with pytest.raises(UserError, match=rf'basic_val.tsv:4: .*{problem}'):
+        load_dataset(Config(data_dir=str(data_dir)))
+
+
+def test_missing_data_dir_says_how_to_get_data(tmp_path):
+    with pytest.raises(UserError, match='lacks basic_train.tsv.*generate.py --output_dir'):
+        load_dataset(Config(data_dir=str(tmp_path / 'nowhere')))
+
+
+def test_default_data_dir_is_generated_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dataset, 'LRA_DIR', tmp_path / 'lra_release' / 'listops-1000')
+    monkeypatch.setattr(dataset, 'GENERATED_DIR', tmp_path / 'data' / 'listops-1000')
+    calls = []
+    from listops.generate import write_dataset
+
+    def small_set(output_dir):
+        calls.append(output_dir)
+        write_dataset(output_dir, train=30, valid=5, test=5, seed=0, verbose=False)
+    monkeypatch.setattr('listops.generate.write_dataset', small_set)
+    assert dataset.default_data_dir() == tmp_path / 'data' / 'listops-1000'
+    assert 'generating' in capsys.readouterr().out
+    assert dataset.default_data_dir() == tmp_path / 'data' / 'listops-1000'
+    assert len(calls) == 1
+    shutil.copytree(FIXTURES / 'listops-1000', tmp_path / 'lra_release' / 'listops-1000')
+    assert dataset.default_data_dir() == tmp_path / 'lra_release' / 'listops-1000'  # the real data wins
