@@ -247,19 +247,29 @@ def check_compatible(saved, config, directory):
                         f'({"; ".join(diffs)}): use the same settings, or another --workdir')
 
 
-def restore_latest(directory, like):
-    """(tree, meta) of the newest readable checkpoint, or None when there is none. An unreadable one
-    (a crash or a disk fault) is reported and the one before it is tried."""
+def _readable(directory, read, what):
+    """read(step) for the newest checkpoint step where it works; a damaged checkpoint (a crash, a disk
+    fault) is reported and the one before it is tried. None when there are no checkpoints."""
     steps = utils.checkpoint_steps(directory)
     for step in steps:
         try:
-            return utils.restore_checkpoint(directory, step, like)
+            return read(step)
         except Exception as error:  # noqa: BLE001 - any damage to the files means: try the previous one
-            print(f'warning: checkpoint of epoch {step} in {directory} cannot be read '
+            print(f'warning: the {what} of the epoch {step} checkpoint in {directory} cannot be read '
                   f'({type(error).__name__}: {str(error)[:200]}); trying the one before it', file=sys.stderr)
     if steps:
         raise UserError(f'no checkpoint in {directory} can be read; delete that folder to start again')
     return None
+
+
+def latest_meta(directory):
+    """The epoch and configuration of the newest readable checkpoint, or None."""
+    return _readable(directory, lambda step: utils.restore_meta(directory, step), 'metadata')
+
+
+def restore_latest(directory, like):
+    """(tree, meta) of the newest readable checkpoint, or None."""
+    return _readable(directory, lambda step: utils.restore_checkpoint(directory, step, like), 'state')
 
 
 # ============================================================================ evaluation
@@ -285,9 +295,8 @@ def run(config, load_dataset: Callable, devices=None):
     global_batch = config.batch_size * n_devices
     workdir = workdir_of(config)
     checkpoints, history_file = workdir / 'checkpoints', workdir / 'history.csv'
-    latest = utils.checkpoint_steps(checkpoints)
-    if latest:
-        saved = utils.restore_meta(checkpoints, latest[0])
+    saved = latest_meta(checkpoints)
+    if saved is not None:
         check_compatible(saved['config'], config, checkpoints)
         if saved['epoch'] >= config.epochs and not config.eval_only:
             print(f'{workdir}: finished, all {config.epochs} epochs done (history in {history_file}); '
@@ -317,7 +326,7 @@ def run(config, load_dataset: Callable, devices=None):
 
     # 4. resume: the newest readable checkpoint replaces the fresh state; later history rows are dropped
     start_epoch = 1
-    restored = restore_latest(checkpoints, state_to_tree(state, dropout_key)) if latest else None
+    restored = restore_latest(checkpoints, state_to_tree(state, dropout_key)) if saved is not None else None
     if restored is not None:
         tree, meta = restored
         state, dropout_key = tree_to_state(state, tree), tree['dropout_key']

@@ -143,9 +143,12 @@ def _checkpoint_manager(directory, keep=2):
 def save_checkpoint(directory, step, tree, meta):
     """Write the pytree of arrays `tree` and the JSON-able dict `meta` as checkpoint `step`.
     Orbax writes into a temporary folder and renames it when complete, so a crash never leaves a
-    half-written checkpoint that looks whole; the two newest checkpoints are kept."""
+    half-written checkpoint that looks whole; the two newest checkpoints are kept. An existing
+    checkpoint `step` (a damaged one that a resume fell back from) is replaced: orbax would keep it."""
     import orbax.checkpoint as ocp
     with _checkpoint_manager(directory) as manager:
+        if step in manager.all_steps():
+            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                    meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()

@@ -178,3 +178,23 @@ def test_paper_listops_configuration_trains_one_step(devices):
     state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(train, 4), jax.random.PRNGKey(0))
     metrics = trainer.unreplicate(metrics)
     assert float(metrics['count']) == 4 and np.isfinite(float(metrics['loss']))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path, capsys):
+    config = dataclasses.replace(TINY, data_dir=data_dir, workdir=str(tmp_path / 'w'), epochs=2)
+    trainer.run(config, load_dataset)
+    for path in (tmp_path / 'w' / 'checkpoints' / '2' / 'state').rglob('*'):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn write
+    capsys.readouterr()
+    history = trainer.run(dataclasses.replace(config, epochs=3), load_dataset)
+    out, err = capsys.readouterr()
+    assert 'epoch 2 checkpoint' in err and 'cannot be read' in err
+    assert 'resumed from epoch 1' in out
+    assert [int(r['epoch']) for r in history] == [1, 2, 3]
+    assert utils.checkpoint_steps(tmp_path / 'w' / 'checkpoints') == [3, 2]
+    state = trainer.latest_meta(tmp_path / 'w' / 'checkpoints')
+    assert state['epoch'] == 3
+    train, _, _ = splits(config)
+    fresh, _ = trainer.init_state(config, build_model(config), train, 1)
+    utils.restore_checkpoint(tmp_path / 'w' / 'checkpoints', 2, trainer.state_to_tree(fresh, jax.random.PRNGKey(0)))
