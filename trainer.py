@@ -324,16 +324,18 @@ def run(config, load_dataset: Callable, devices=None):
     print(f'model: {count_params(state.params):,} parameters, {config.n_layer} layer(s), block {config.block}; '
           f'workdir {workdir}')
 
-    # 4. resume: the newest readable checkpoint replaces the fresh state; later history rows are dropped
+    # 4. resume: the newest readable checkpoint replaces the fresh state; history rows of epochs
+    #    that have no checkpoint (written just before a crash) are dropped
     start_epoch = 1
     restored = restore_latest(checkpoints, state_to_tree(state, dropout_key)) if saved is not None else None
     if restored is not None:
         tree, meta = restored
         state, dropout_key = tree_to_state(state, tree), tree['dropout_key']
         start_epoch = meta['epoch'] + 1
-        utils.truncate_history(history_file, meta['epoch'])
         if not config.eval_only:
             print(f'resumed from epoch {meta["epoch"]}')
+    if not config.eval_only:
+        utils.truncate_history(history_file, start_epoch - 1)
 
     p_train, p_eval = compile_steps(config, model.apply, devices)
     state = replicate(state, devices)
@@ -392,4 +394,9 @@ def run(config, load_dataset: Callable, devices=None):
 def main(config, load_dataset, argv=None):
     """Entry point of a task script: `--name=value` overrides of `config`, then `run`."""
     argv = sys.argv[1:] if argv is None else argv
-    return utils.exit_on_user_error(lambda: run(utils.apply_overrides(config, argv), load_dataset))
+    try:
+        return utils.exit_on_user_error(lambda: run(utils.apply_overrides(config, argv), load_dataset))
+    except KeyboardInterrupt:
+        print('\ninterrupted: the next run with the same settings resumes after the last finished epoch',
+              file=sys.stderr)
+        raise SystemExit(130) from None

@@ -124,6 +124,9 @@ def truncate_history(path, last_epoch):
     kept = [r for r in rows if int(r['epoch']) <= last_epoch]
     if len(kept) == len(rows):
         return
+    if not kept:  # no checkpoint at all: the run starts afresh
+        os.remove(path)
+        return
     tmp = Path(path).with_suffix('.csv.tmp')
     with open(tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
