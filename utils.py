@@ -1,7 +1,7 @@
 """Small helpers shared by every task: heads, paths, command-line overrides, history, checkpoints."""
 import csv
 import dataclasses
-import json
+import logging
 import os
 import sys
 import types
@@ -133,6 +133,72 @@ def truncate_history(path, last_epoch):
         writer.writeheader()
         writer.writerows(kept)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- data caches
+
+def save_npy(path, array):
+    """np.save through a temporary file and a rename: a crash never leaves a half-written cache."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp.npy')
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def cached_arrays(files, build, describe, fresh=lambda path: True):
+    """A dict of arrays from the .npy `files` (key -> path) when all exist and are `fresh`; otherwise
+    `build()` makes them (saying `describe` first) and they are saved for next time."""
+    files = {key: Path(path) for key, path in files.items()}
+    if all(path.exists() and fresh(path) for path in files.values()):
+        return {key: np.load(path) for key, path in files.items()}
+    print(f'{describe} (once; cached as .npy in {next(iter(files.values())).parent}) ...', flush=True)
+    arrays = build()
+    try:
+        for key, path in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_npy(path, arrays[key])
+    except OSError as error:
+        print(f'note: cannot write the cache ({error}); it will be built again next time')
+    return arrays
+
+
+# ----------------------------------------------------------------------------- tensorflow-datasets
+
+def tfds_batches(name, split, data_dir, batch_size=1000):
+    """(features, labels) numpy batches of a tensorflow-datasets data set, downloaded and prepared
+    into `data_dir` the first time. TensorFlow is imported here only: runs that find their .npy
+    cache never load it. Without network and without prepared data: one UserError line."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow's C++ start-up chatter ...
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # ... and its oneDNN notice (TF only decodes data here)
+    logging.getLogger('urllib3').setLevel(logging.ERROR)  # one warning per retried download otherwise
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+        from absl import logging as absl_logging
+    except ImportError as error:
+        raise UserError(f'{error.name} is needed to prepare {name} the first time: '
+                        f'pip install -r requirements.txt') from None
+    try:
+        tf.config.set_visible_devices([], 'GPU')  # TensorFlow must not take the accelerators JAX uses
+    except RuntimeError:  # TensorFlow was already started in this process (e.g. by tests)
+        pass
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        from tensorflow_datasets.core.download import downloader
+        # tfds retries a failed download 10 times with exponential back-off (3.5 minutes) before it
+        # reports that there is no network; 3 retries still ride out a flaky link
+        downloader.MAX_RETRIES = min(getattr(downloader, 'MAX_RETRIES', 3), 3)
+    except ImportError:
+        pass
+    try:
+        dataset = tfds.load(name, split=split, data_dir=str(data_dir), as_supervised=True, batch_size=batch_size)
+        yield from tfds.as_numpy(dataset)
+    except Exception as error:  # noqa: BLE001 - download, network and format errors all end here
+        reason = ' '.join(str(error).split())
+        reason = reason if len(reason) <= 160 else reason[:160] + '...'
+        raise UserError(f'cannot get {name} ({split}) through tensorflow-datasets into {data_dir} '
+                        f'({type(error).__name__}: {reason}); the first run downloads it once: connect to '
+                        f'the internet, or pass --data_dir=DIR holding a prepared copy') from None
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -5,12 +5,11 @@ pad 0 and vocabulary 17 (15 token types, one never-used out-of-vocabulary id 16,
 truncated and right-padded to max_seq_len. The arrays are cached as .npy beside the data.
 Without a data_dir and without `lra_release/listops-1000`, the full set is generated once.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 
-from utils import ROOT, UserError
+from utils import ROOT, UserError, cached_arrays
 
 SPLITS = {'train': 'basic_train.tsv', 'valid': 'basic_val.tsv', 'test': 'basic_test.tsv'}
 HEADER = 'Source\tTarget'
@@ -73,25 +72,14 @@ def read_tsv(path, max_seq_len):
     return np.stack(inputs), np.asarray(targets, dtype=np.int32)
 
 
-def _save_atomic(path, array):
-    tmp = path.with_name(path.name + '.tmp.npy')
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def load_split(path, max_seq_len):
     """A split's arrays from the .npy cache beside `path`, (re)built when missing or older than the TSV."""
-    cache = {key: path.with_name(f'{path.stem}.T{max_seq_len}.{key}.npy') for key in ('inputs', 'targets')}
-    if all(c.exists() and c.stat().st_mtime >= path.stat().st_mtime for c in cache.values()):
-        return {key: np.load(c) for key, c in cache.items()}
-    print(f'tokenizing {path} (once; cached as .npy beside it) ...', flush=True)
-    inputs, targets = read_tsv(path, max_seq_len)
-    try:
-        _save_atomic(cache['inputs'], inputs)
-        _save_atomic(cache['targets'], targets)
-    except OSError as error:
-        print(f'note: cannot write the token cache beside {path} ({error}); tokenizing again next time')
-    return {'inputs': inputs, 'targets': targets}
+    files = {key: path.with_name(f'{path.stem}.T{max_seq_len}.{key}.npy') for key in ('inputs', 'targets')}
+
+    def build():
+        inputs, targets = read_tsv(path, max_seq_len)
+        return {'inputs': inputs, 'targets': targets}
+    return cached_arrays(files, build, f'tokenizing {path}', fresh=lambda c: c.stat().st_mtime >= path.stat().st_mtime)
 
 
 def default_data_dir():

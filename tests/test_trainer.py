@@ -163,23 +163,6 @@ def test_nan_batch_is_skipped_and_counted(devices):
     assert not np.allclose(trainer.unreplicate(after_good.params)['w'], np.ones(3))  # training goes on
 
 
-def test_paper_listops_configuration_trains_one_step(devices):
-    from listops.hrrformer_mgpu import config as paper
-    config = dataclasses.replace(paper, batch_size=1)
-    assert (paper.n_layer, paper.embed_size, paper.heads, paper.max_seq_len, paper.block) == (6, 512, 8, 2000, 'A')
-    rng = np.random.default_rng(0)
-    train = {'inputs': rng.integers(1, 17, size=(4, 2000)).astype(np.uint8), 'targets': np.arange(4)}
-    model = build_model(config)
-    state, _ = trainer.init_state(config, model, train, steps_per_epoch=1)
-    e, layer = 512, 4 * 512 ** 2 + (512 * 256 + 256 + 256 * 512) + 2 * 512  # attention, MLP, LayerNorm
-    embedding = 17 * e + 2000 * e + 2 * e                                      # tokens, positions, LayerNorm
-    assert trainer.count_params(state.params) == 6 * layer + embedding + (e * e + e) + (e * 10 + 10)
-    p_train, _ = trainer.compile_steps(config, model.apply, devices)
-    state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(train, 4), jax.random.PRNGKey(0))
-    metrics = trainer.unreplicate(metrics)
-    assert float(metrics['count']) == 4 and np.isfinite(float(metrics['loss']))
-
-
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path, capsys):
     config = dataclasses.replace(TINY, data_dir=data_dir, workdir=str(tmp_path / 'w'), epochs=2)
     trainer.run(config, load_dataset)

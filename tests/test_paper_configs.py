@@ -1,0 +1,40 @@
+"""Each task script's configuration is the paper's, and at full size it builds and trains one step on CPU."""
+import dataclasses
+import importlib
+
+import jax
+import numpy as np
+import pytest
+
+import trainer
+from hrrformer import build_model
+
+PAPER = {  # layers, embed, heads, MLP ratio, T, vocab, classes, positions, block, mask, LR decay
+    'listops': (6, 512, 8, 0.5, 2000, 17, 10, 'learned', 'A', True, 0.9),
+    'text': (6, 512, 8, 2.0, 4000, 257, 2, 'fixed', 'B', True, 0.9),
+    'image': (3, 256, 4, 0.5, 1024, 256, 10, 'fixed', 'C', False, 0.95),
+}
+FIELDS = ('n_layer', 'embed_size', 'heads', 'mlp_ratio', 'max_seq_len', 'vocab_size', 'num_classes',
+          'positions', 'block', 'use_mask', 'lr_decay')
+
+
+@pytest.mark.parametrize('task', sorted(PAPER))
+def test_paper_configuration_trains_one_step(task, devices):
+    paper = importlib.import_module(f'{task}.hrrformer_mgpu').config
+    assert tuple(getattr(paper, name) for name in FIELDS) == PAPER[task]
+    assert (paper.lr, paper.epochs, paper.dropout_rate, paper.optimizer, paper.label_smoothing) == \
+        (1e-3, 20, 0.1, 'adam', 0.1)
+    config = dataclasses.replace(paper, batch_size=1)
+    rng = np.random.default_rng(0)
+    batch = {'inputs': rng.integers(1, config.vocab_size, size=(4, config.max_seq_len)).astype(np.int32),
+             'targets': np.arange(4) % config.num_classes}
+    model = build_model(config)
+    state, _ = trainer.init_state(config, model, batch, steps_per_epoch=1)
+    if task == 'listops':  # the architecture, counted by hand
+        e, layer = 512, 4 * 512 ** 2 + (512 * 256 + 256 + 256 * 512) + 2 * 512  # attention, MLP, LayerNorm
+        embedding = 17 * e + 2000 * e + 2 * e                                      # tokens, positions, LayerNorm
+        assert trainer.count_params(state.params) == 6 * layer + embedding + (e * e + e) + (e * 10 + 10)
+    p_train, _ = trainer.compile_steps(config, model.apply, devices)
+    state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
+    metrics = trainer.unreplicate(metrics)
+    assert float(metrics['count']) == 4 and np.isfinite(float(metrics['loss']))
