@@ -26,6 +26,16 @@ def test_byte_ids_of_a_known_string():
     assert encode_bytes([bytes([0, 255])], 2).tolist() == [[1, 256]]      # the id range is 1..256
 
 
+def test_byte_ids_equal_the_lra_encoder():
+    encoder = tfds.deprecated.text.ByteTextEncoder()  # what LRA's input pipeline uses
+    rng = np.random.default_rng(0)
+    texts = ['Café <br />ok', 'naïve 日本語 😀', ''.join(chr(c) for c in rng.integers(32, 0x2FFF, 300))]
+    for text in texts:
+        ids = encoder.encode(text)
+        assert encode_bytes([text], len(ids) + 3)[0].tolist() == ids + [0, 0, 0]
+    assert encoder.vocab_size == 257
+
+
 def test_grayscale_equals_tensorflow_on_every_color():
     values = np.arange(256, dtype=np.uint8)
     r, g, b = np.meshgrid(values, values, values, indexing='ij')
