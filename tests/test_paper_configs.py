@@ -13,7 +13,9 @@ PAPER = {  # layers, embed, heads, MLP ratio, T, vocab, classes, positions, bloc
     'listops': (6, 512, 8, 0.5, 2000, 17, 10, 'learned', 'A', True, 0.9),
     'text': (6, 512, 8, 2.0, 4000, 257, 2, 'fixed', 'B', True, 0.9),
     'image': (3, 256, 4, 0.5, 1024, 256, 10, 'fixed', 'C', False, 0.95),
+    'retrieval': (4, 128, 4, 0.5, 4000, 257, 2, 'fixed', 'A', True, 0.9),
 }
+HEADS = {'retrieval': 'dual'}  # two towers; every other task reads one sequence
 FIELDS = ('n_layer', 'embed_size', 'heads', 'mlp_ratio', 'max_seq_len', 'vocab_size', 'num_classes',
           'positions', 'block', 'use_mask', 'lr_decay')
 
@@ -24,10 +26,13 @@ def test_paper_configuration_trains_one_step(task, devices):
     assert tuple(getattr(paper, name) for name in FIELDS) == PAPER[task]
     assert (paper.lr, paper.epochs, paper.dropout_rate, paper.optimizer, paper.label_smoothing) == \
         (1e-3, 20, 0.1, 'adam', 0.1)
+    assert paper.head == HEADS.get(task, 'single')
     config = dataclasses.replace(paper, batch_size=1)
     rng = np.random.default_rng(0)
-    batch = {'inputs': rng.integers(1, config.vocab_size, size=(4, config.max_seq_len)).astype(np.int32),
-             'targets': np.arange(4) % config.num_classes}
+    names = ('inputs1', 'inputs2') if config.head == 'dual' else ('inputs',)
+    batch = {name: rng.integers(1, config.vocab_size, size=(4, config.max_seq_len)).astype(np.int32)
+             for name in names}
+    batch['targets'] = np.arange(4) % config.num_classes
     model = build_model(config)
     state, _ = trainer.init_state(config, model, batch, steps_per_epoch=1)
     if task == 'listops':  # the architecture, counted by hand

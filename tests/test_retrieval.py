@@ -1,0 +1,90 @@
+"""Retrieval: the AAN pair files in the LRA format, the shared two towers, the script end to end."""
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import trainer
+from conftest import ROOT
+from hrrformer import build_model
+from retrieval.dataset import SPLITS, load_dataset
+from text.dataset import encode_bytes
+from utils import UserError
+
+LONG = 'x' * 5000 + ' tail'
+ROWS = [  # label (written as a float, as in the archive), id1, id2, text1, text2
+    ('1.0', 'P01-1001', 'J02-2002', 'We use "quoted" words, and \'single\' ones.', 'A short abstract.'),
+    ('0.0', 'P03-1003', 'W04-4004', LONG, 'Naïve Bayes "works" <br /> here'),
+    ('1', 'P05-1005', 'P06-1006', '"', 'end'),
+]
+
+
+def write_split(directory, rows, name):
+    text = ''.join('\t'.join(row) + '\n' for row in rows)
+    (directory / name).write_text(text, encoding='utf-8')
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    for name in SPLITS.values():
+        write_split(tmp_path, ROWS, name)
+    return tmp_path
+
+
+def config_for(data_dir, **changes):
+    from retrieval.hrrformer_mgpu import config
+    return dataclasses.replace(config, data_dir=str(data_dir), **changes)
+
+
+def test_reads_the_real_format(data_dir):
+    train, valid, test = load_dataset(config_for(data_dir, max_seq_len=64))
+    assert train['targets'].tolist() == [1, 0, 1]
+    assert train['inputs1'].shape == train['inputs2'].shape == (3, 64)
+    np.testing.assert_array_equal(train['inputs1'][0], encode_bytes([ROWS[0][3]], 64)[0])  # quotes kept
+    assert train['inputs1'][2, 0] == ord('"') + 1 and not train['inputs1'][2, 1:].any()
+    assert (train['inputs1'][1] == ord('x') + 1).all()  # the long document is cut to max_seq_len
+    np.testing.assert_array_equal(train['inputs2'][1], encode_bytes([ROWS[1][4]], 64)[0])
+    assert len(list(data_dir.glob('*.T64.*.npy'))) == 9
+
+
+@pytest.mark.parametrize('line, problem', [
+    ('1.0\tP1\tP2\tonly four fields', '4 tab-separated fields instead of 5'),
+    ('yes\tP1\tP2\ta\tb', "label b'yes' is not a number"),
+    ('2.0\tP1\tP2\ta\tb', 'label 2 is not 0 or 1'),
+])
+def test_malformed_row_names_file_and_line(data_dir, line, problem):
+    (data_dir / SPLITS['valid']).write_text('\t'.join(ROWS[0]) + '\n' + line + '\n')
+    with pytest.raises(UserError, match=f'new_aan_pairs.eval.tsv:2: malformed row: {problem}'):
+        load_dataset(config_for(data_dir))
+
+
+def test_missing_archive_says_where_to_get_it(tmp_path):
+    with pytest.raises(UserError, match='lacks new_aan_pairs.train.tsv.*lra_release.gz.*tsv_data'):
+        load_dataset(config_for(tmp_path / 'nothing'))
+
+
+def test_the_two_towers_share_their_parameters(data_dir):
+    config = config_for(data_dir, max_seq_len=64)
+    train, _, _ = load_dataset(config)
+    state, _ = trainer.init_state(config, build_model(config), train, steps_per_epoch=1)
+    e, layer = 128, 4 * 128 ** 2 + (128 * 64 + 64 + 64 * 128) + 2 * 128  # attention, MLP, LayerNorm
+    one_tower = 4 * layer + 257 * e + 2 * e                                # layers, tokens, LayerNorm
+    assert trainer.count_params(state.params['encoder']) == one_tower
+    assert trainer.count_params(state.params) == one_tower + (4 * e * e + e) + (e * 2 + 2)
+    log_probs = state.apply_fn({'params': state.params}, train['inputs1'], train['inputs2'])
+    swapped = state.apply_fn({'params': state.params}, train['inputs2'], train['inputs1'])
+    assert log_probs.shape == (3, 2) and not np.allclose(log_probs, swapped)
+
+
+def test_script_runs_end_to_end(data_dir, tmp_path):
+    for name in SPLITS.values():
+        write_split(data_dir, ROWS * 3, name)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'retrieval' / 'hrrformer_mgpu.py'), f'--data_dir={data_dir}',
+         f'--workdir={tmp_path}/w', '--n_layer=1', '--embed_size=16', '--heads=2', '--max_seq_len=32',
+         '--epochs=1', '--batch_size=2'], cwd=ROOT / 'retrieval', capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'epoch 1/1: train loss' in result.stdout and '9 train / 9 valid / 9 test' in result.stdout
