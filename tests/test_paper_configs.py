@@ -14,7 +14,11 @@ PAPER = {  # layers, embed, heads, MLP ratio, T, vocab, classes, positions, bloc
     'text': (6, 512, 8, 2.0, 4000, 257, 2, 'fixed', 'B', True, 0.9),
     'image': (3, 256, 4, 0.5, 1024, 256, 10, 'fixed', 'C', False, 0.95),
     'retrieval': (4, 128, 4, 0.5, 4000, 257, 2, 'fixed', 'A', True, 0.9),
+    'pathfinder': (2, 1024, 8, 0.25, 1024, 256, 2, 'learned', 'D', False, 0.95),
+    'pathx': (1, 1024, 8, 0.25, 16384, 256, 2, 'learned', 'D', False, 0.95),
 }
+SCRIPTS = {'pathfinder': ('pathfinder.hrrformer_mgpu', 'pathfinder32'), 'pathx': ('pathfinder.hrrformer_mgpu', 'pathx')}
+OPTIMISER = {'pathx': ('adamw', 16, 5e-4)}  # optimiser, batch per device, weight decay
 HEADS = {'retrieval': 'dual'}  # two towers; every other task reads one sequence
 FIELDS = ('n_layer', 'embed_size', 'heads', 'mlp_ratio', 'max_seq_len', 'vocab_size', 'num_classes',
           'positions', 'block', 'use_mask', 'lr_decay')
@@ -22,10 +26,15 @@ FIELDS = ('n_layer', 'embed_size', 'heads', 'mlp_ratio', 'max_seq_len', 'vocab_s
 
 @pytest.mark.parametrize('task', sorted(PAPER))
 def test_paper_configuration_trains_one_step(task, devices):
-    paper = importlib.import_module(f'{task}.hrrformer_mgpu').config
+    module, name = SCRIPTS.get(task, (f'{task}.hrrformer_mgpu', 'config'))
+    paper = getattr(importlib.import_module(module), name)
+    assert paper.task == task
     assert tuple(getattr(paper, name) for name in FIELDS) == PAPER[task]
-    assert (paper.lr, paper.epochs, paper.dropout_rate, paper.optimizer, paper.label_smoothing) == \
-        (1e-3, 20, 0.1, 'adam', 0.1)
+    assert (paper.lr, paper.epochs, paper.dropout_rate, paper.label_smoothing) == (1e-3, 20, 0.1, 0.1)
+    if task in OPTIMISER:
+        assert (paper.optimizer, paper.batch_size, paper.weight_decay) == OPTIMISER[task]
+    else:
+        assert paper.optimizer == 'adam'
     assert paper.head == HEADS.get(task, 'single')
     config = dataclasses.replace(paper, batch_size=1)
     rng = np.random.default_rng(0)
