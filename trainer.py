@@ -93,15 +93,31 @@ def workdir_of(config):
 
 
 # ============================================================================ input
-# A split is a dict of numpy arrays with one leading example axis: 'targets' (N,) and the model's
-# inputs ('inputs', or 'inputs1' and 'inputs2'). Batches are numpy indexing; nothing here is slow.
+# A split is a dict of numpy arrays with one leading example axis ('targets' (N,) and the model's
+# inputs: 'inputs', or 'inputs1' and 'inputs2'), or any object with len() and
+# batches(index_batches) -> one such dict per array of example indices (EMBER streams its files so).
 
-def split_size(split):
-    return len(split['targets'])
+class ArraySplit:
+    """An in-memory split: a batch is numpy indexing."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def __len__(self):
+        return len(self.arrays['targets'])
+
+    def batches(self, index_batches):
+        for index in index_batches:
+            yield {key: value[index] for key, value in self.arrays.items()}
 
 
-def first(split, n):
-    return split if n is None else {key: value[:n] for key, value in split.items()}
+def as_split(split):
+    return ArraySplit(split) if isinstance(split, dict) else split
+
+
+def used(split, limit):
+    """How many examples of a split a run uses: the first `limit` (None: all)."""
+    return len(split) if limit is None else min(len(split), limit)
 
 
 def train_order(n, seed, epoch):
@@ -111,19 +127,17 @@ def train_order(n, seed, epoch):
 
 def train_batches(split, global_batch, order):
     """Full batches in `order`; the last partial batch is dropped."""
-    for start in range(0, len(order) - global_batch + 1, global_batch):
-        index = np.sort(order[start:start + global_batch])  # sorted: faster gathers, same batch
-        yield {key: value[index] for key, value in split.items()}
+    starts = range(0, len(order) - global_batch + 1, global_batch)
+    return as_split(split).batches([np.sort(order[s:s + global_batch]) for s in starts])  # sorted: faster reads
 
 
-def eval_batches(split, global_batch):
-    """Every example exactly once; the last batch is padded with zero rows of weight 0."""
-    n = split_size(split)
-    for start in range(0, n, global_batch):
-        batch = {key: value[start:start + global_batch] for key, value in split.items()}
+def eval_batches(split, global_batch, n=None):
+    """The first n examples (None: all) exactly once; the last batch is padded with zero rows of weight 0."""
+    split = as_split(split)
+    n = len(split) if n is None else n
+    for batch in split.batches([np.arange(s, min(s + global_batch, n)) for s in range(0, n, global_batch)]):
         real = len(batch['targets'])
-        pad = global_batch - real
-        batch = {key: np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])
+        batch = {key: np.concatenate([value, np.zeros((global_batch - real,) + value.shape[1:], value.dtype)])
                  for key, value in batch.items()}
         batch['weights'] = (np.arange(global_batch) < real).astype(np.float32)
         yield batch
@@ -274,10 +288,10 @@ def restore_latest(directory, like):
 
 # ============================================================================ evaluation
 
-def evaluate(p_eval, params, split, global_batch, n_devices):
-    """Accuracy in % over every example of `split` exactly once, and the number of examples."""
+def evaluate(p_eval, params, split, global_batch, n_devices, n=None):
+    """Accuracy in % over the first n (None: all) examples of `split`, each exactly once, and their number."""
     totals = {'correct': 0., 'count': 0.}
-    for batch in eval_batches(split, global_batch):
+    for batch in eval_batches(split, global_batch, n):
         metrics = unreplicate(p_eval(params, shard(batch, n_devices)))
         totals = {key: totals[key] + float(metrics[key]) for key in totals}
     return 100. * totals['correct'] / max(totals['count'], 1), int(totals['count'])
@@ -306,20 +320,20 @@ def run(config, load_dataset: Callable, devices=None):
         raise UserError(f'no checkpoint in {checkpoints} to evaluate: train first, or point --workdir at a run')
 
     # 2. data
-    train, valid, test = load_dataset(config)
-    train, valid, test = first(train, config.train_examples), first(valid, config.eval_examples), \
-        first(test, config.eval_examples)
-    steps_per_epoch = split_size(train) // global_batch
+    train, valid, test = (as_split(split) for split in load_dataset(config))
+    n_train, n_valid, n_test = used(train, config.train_examples), used(valid, config.eval_examples), \
+        used(test, config.eval_examples)
+    steps_per_epoch = n_train // global_batch
     if steps_per_epoch == 0 and not config.eval_only:
-        raise UserError(f'{split_size(train)} training examples do not fill one global batch of {global_batch} '
+        raise UserError(f'{n_train} training examples do not fill one global batch of {global_batch} '
                         f'(--batch_size={config.batch_size} x {n_devices} devices): use more examples or a smaller batch')
-    print(f'{config.task}: {split_size(train)} train / {split_size(valid)} valid / {split_size(test)} test examples; '
+    print(f'{config.task}: {n_train} train / {n_valid} valid / {n_test} test examples; '
           f'{n_devices} {devices[0].platform} device(s) x batch {config.batch_size} = {global_batch} per step, '
           f'{steps_per_epoch} steps per epoch')
 
     # 3. model, optimiser and a fresh state
     model = build_model(config)
-    state, schedule = init_state(config, model, train, steps_per_epoch)
+    state, schedule = init_state(config, model, next(train.batches([np.arange(1)])), steps_per_epoch)
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     print(f'model: {count_params(state.params):,} parameters, {config.n_layer} layer(s), block {config.block}; '
           f'workdir {workdir}')
@@ -341,8 +355,8 @@ def run(config, load_dataset: Callable, devices=None):
     state = replicate(state, devices)
 
     if config.eval_only:
-        valid_acc, n_valid = evaluate(p_eval, state.params, valid, global_batch, n_devices)
-        test_acc, n_test = evaluate(p_eval, state.params, test, global_batch, n_devices)
+        valid_acc, n_valid = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid)
+        test_acc, n_test = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test)
         print(f'epoch {start_epoch - 1}: valid acc {valid_acc:.2f}% ({n_valid} examples), '
               f'test acc {test_acc:.2f}% ({n_test} examples)')
         return [{'epoch': start_epoch - 1, 'valid_acc': valid_acc, 'test_acc': test_acc}]
@@ -352,7 +366,7 @@ def run(config, load_dataset: Callable, devices=None):
     history = utils.read_history(history_file)
     for epoch in range(start_epoch, config.epochs + 1):
         tic = time.time()
-        order = train_order(split_size(train), config.seed, epoch)
+        order = train_order(n_train, config.seed, epoch)
         epoch_key = jax.random.fold_in(dropout_key, epoch)
         totals = None
         bar = tqdm(train_batches(train, global_batch, order), total=steps_per_epoch, mininterval=1.,
@@ -368,8 +382,8 @@ def run(config, load_dataset: Callable, devices=None):
         bar.close()
         totals = jax.device_get(unreplicate(totals))
         train_seconds = time.time() - tic
-        valid_acc, _ = evaluate(p_eval, state.params, valid, global_batch, n_devices)
-        test_acc, _ = evaluate(p_eval, state.params, test, global_batch, n_devices)
+        valid_acc, _ = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid)
+        test_acc, _ = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test)
         row = {'epoch': epoch,
                'train_loss': round(float(totals['loss'] / max(totals['count'], 1)), 6),
                'train_acc': round(float(100 * totals['correct'] / max(totals['count'], 1)), 4),
