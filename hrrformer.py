@@ -117,16 +117,17 @@ ACTIVATIONS = {'gelu': nn.gelu, 'relu': nn.relu}
 
 
 class MLP(nn.Module):
-    """Dense(hidden) -> activation -> Dense(E, no bias) -> Dropout."""
+    """Dense(hidden) -> activation -> Dense(E; bias only where the model uses biases) -> Dropout."""
     features: int
     hidden: int
     dropout_rate: float
     activation: str = 'gelu'
+    use_bias: bool = False  # LRA: no bias on the second Dense; EMBER: bias
 
     @nn.compact
     def __call__(self, x, train):
         x = ACTIVATIONS[self.activation](nn.Dense(self.hidden)(x))
-        x = nn.Dense(self.features, use_bias=False)(x)
+        x = nn.Dense(self.features, use_bias=self.use_bias)(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -147,7 +148,7 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, mask, train):                                         # x (B, T, E)
         attend = SelfAttention(self.features, self.heads, self.use_bias)
-        mlp = MLP(self.features, self.mlp_hidden, self.dropout_rate, self.activation)
+        mlp = MLP(self.features, self.mlp_hidden, self.dropout_rate, self.activation, self.use_bias)
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         if self.style in ('A', 'D'):
             x = x + drop(attend(x, mask))
@@ -162,7 +163,8 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """ids (B, T) -> embedding -> Dropout (-> LayerNorm for style A) -> n_layer blocks -> (B, T, E)."""
+    """ids (B, T) -> embedding (-> a learned CLS token in front) -> Dropout (-> LayerNorm for style A)
+    -> n_layer blocks -> (B, T, E), or (B, 1 + T, E) with the CLS token."""
     vocab_size: int
     max_seq_len: int
     embed_size: int
@@ -173,40 +175,55 @@ class Encoder(nn.Module):
     block: str = 'A'
     positions: str = 'learned'
     use_mask: bool = True  # False where 0 is a real token (image pixels)
+    use_bias: bool = False  # biases on q, k, v, output and the MLP's second Dense (EMBER)
+    activation: str = 'gelu'
+    cls_token: bool = False  # EMBER: a learned token (without position) before the sequence
 
     @nn.compact
     def __call__(self, ids, train):
         ids = ids.astype(jnp.int32)                                             # (B, T)
         mask = (ids > 0).astype(jnp.float32) if self.use_mask else None         # (B, T)
         x = Embedding(self.vocab_size, self.embed_size, self.max_seq_len, self.positions)(ids)
+        if self.cls_token:
+            token = self.param('cls_token', nn.initializers.lecun_normal(), (1, 1, self.embed_size))
+            x = jnp.concatenate([jnp.broadcast_to(token, (x.shape[0], 1, x.shape[2])).astype(x.dtype), x], axis=1)
+            mask = None if mask is None else jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.block == 'A':
             x = layer_norm()(x)
         for _ in range(self.n_layer):
-            x = EncoderBlock(self.embed_size, self.heads, self.mlp_hidden, self.dropout_rate, self.block)(x, mask, train)
-        return x                                                                # (B, T, E)
+            x = EncoderBlock(self.embed_size, self.heads, self.mlp_hidden, self.dropout_rate, self.block,
+                             self.use_bias, self.activation)(x, mask, train)
+        return x                                                                # (B, [1 +] T, E)
+
+
+def pool(encoder, x):
+    """(B, T, E) -> (B, E): the CLS token's output, or the mean over time (padding included, as the
+    original)."""
+    return x[:, 0] if encoder.cls_token else jnp.mean(x, axis=1)
 
 
 class ClassifierHead(nn.Module):
-    """(B, D) features -> Dense(E) -> GELU -> Dense(classes) -> log-softmax."""
+    """(B, D) features -> Dense(E) -> activation (GELU; EMBER: ReLU) -> Dense(classes) -> log-softmax."""
     embed_size: int
     num_classes: int
+    activation: str = 'gelu'
 
     @nn.compact
     def __call__(self, x):
-        x = nn.gelu(nn.Dense(self.embed_size)(x))
+        x = ACTIVATIONS[self.activation](nn.Dense(self.embed_size)(x))
         return nn.log_softmax(nn.Dense(self.num_classes)(x), axis=-1)
 
 
 class Classifier(nn.Module):
-    """One sequence: encoder -> mean over time (padding included, as the original) -> head."""
+    """One sequence: encoder -> pooling (mean, or the CLS token) -> head."""
     encoder: Encoder
     num_classes: int
 
     @nn.compact
     def __call__(self, inputs, train=False):
-        x = jnp.mean(self.encoder(inputs, train), axis=1)                       # (B, E)
-        return ClassifierHead(self.encoder.embed_size, self.num_classes)(x)
+        x = pool(self.encoder, self.encoder(inputs, train))                     # (B, E)
+        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation)(x)
 
 
 class DualClassifier(nn.Module):
@@ -216,10 +233,10 @@ class DualClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, inputs1, inputs2, train=False):
-        m1 = jnp.mean(self.encoder(inputs1, train), axis=1)                     # (B, E)
-        m2 = jnp.mean(self.encoder(inputs2, train), axis=1)                     # (B, E)
+        m1 = pool(self.encoder, self.encoder(inputs1, train))                   # (B, E)
+        m2 = pool(self.encoder, self.encoder(inputs2, train))                   # (B, E)
         x = jnp.concatenate([m1, m2, m1 * m2, m1 - m2], axis=-1)                # (B, 4E)
-        return ClassifierHead(self.encoder.embed_size, self.num_classes)(x)
+        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation)(x)
 
 
 def build_model(config):
@@ -227,6 +244,7 @@ def build_model(config):
     encoder = Encoder(vocab_size=config.vocab_size, max_seq_len=config.max_seq_len,
                       embed_size=config.embed_size, heads=config.heads, n_layer=config.n_layer,
                       mlp_hidden=int(config.embed_size * config.mlp_ratio), dropout_rate=config.dropout_rate,
-                      block=config.block, positions=config.positions, use_mask=config.use_mask)
+                      block=config.block, positions=config.positions, use_mask=config.use_mask,
+                      use_bias=config.use_bias, activation=config.activation, cls_token=config.cls_token)
     head = {'single': Classifier, 'dual': DualClassifier}[config.head]
     return head(encoder=encoder, num_classes=config.num_classes)

@@ -45,6 +45,10 @@ class Config:
     positions: str = 'learned'        # 'learned' or 'fixed' (sinusoid)
     use_mask: bool = True             # mask padding (id 0) in the attention softmax
     head: str = 'single'              # 'single' sequence or 'dual' (two towers, retrieval)
+    use_bias: bool = False            # biases on q, k, v, output and the MLP's second Dense (EMBER)
+    activation: str = 'gelu'          # of the MLP and the head: 'gelu' or 'relu' (EMBER)
+    cls_token: bool = False           # a learned CLS token in front, whose output the head reads (EMBER);
+                                      # otherwise the head reads the mean over time
     dropout_rate: float = 0.1
     # optimisation
     batch_size: int = 2               # per device; the global batch is this times the device count
@@ -54,6 +58,7 @@ class Config:
     end_lr: float = 1e-5              # the learning rate never decays below this
     optimizer: str = 'adam'           # 'adam' or 'adamw'
     weight_decay: float = 0.0         # AdamW only
+    loss: str = 'cross_entropy'       # or 'binary_cross_entropy' on the class probabilities (EMBER)
     label_smoothing: float = 0.1
     seed: int = 0                     # parameters, dropout and the order of training examples
     # run
@@ -63,7 +68,8 @@ class Config:
 
 # A checkpoint can be resumed only by a run with the same values of these fields.
 MODEL_FIELDS = ('task', 'vocab_size', 'num_classes', 'max_seq_len', 'n_layer', 'embed_size', 'heads',
-                'mlp_ratio', 'block', 'positions', 'use_mask', 'head', 'optimizer')
+                'mlp_ratio', 'block', 'positions', 'use_mask', 'head', 'use_bias', 'activation', 'cls_token',
+                'optimizer')
 
 
 def check_config(config):
@@ -75,7 +81,8 @@ def check_config(config):
     if config.embed_size % config.heads:
         raise UserError(f'--embed_size={config.embed_size} must be divisible by --heads={config.heads}')
     choices = {'block': 'ABCD', 'positions': ('learned', 'fixed'), 'head': ('single', 'dual'),
-               'optimizer': ('adam', 'adamw')}
+               'optimizer': ('adam', 'adamw'), 'activation': ('gelu', 'relu'),
+               'loss': ('cross_entropy', 'binary_cross_entropy')}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise UserError(f'--{name} must be one of {", ".join(allowed)}, not {getattr(config, name)!r}')
@@ -173,9 +180,14 @@ def count_params(params):
 
 # ============================================================================ steps
 
-def per_example_loss(log_probs, targets, num_classes, smoothing):
-    """Label-smoothed cross-entropy on log-probabilities: (B, C), (B,) -> (B,)"""
+def per_example_loss(log_probs, targets, num_classes, smoothing, kind='cross_entropy'):
+    """(B, C) log-probabilities, (B,) targets -> (B,) losses: label-smoothed cross-entropy (LRA), or the
+    EMBER model's binary cross-entropy summed over the classes, with the original's clipping to 1e-10."""
     labels = optax.smooth_labels(jax.nn.one_hot(targets, num_classes, dtype=log_probs.dtype), smoothing)
+    if kind == 'binary_cross_entropy':
+        eps, probs = 1e-10, jnp.exp(log_probs)
+        clip = partial(jnp.clip, min=eps, max=1.)
+        return jnp.sum(-clip(labels) * jnp.log(clip(probs)) - clip(1. - labels) * jnp.log(clip(1. - probs)), -1)
     return -jnp.sum(labels * log_probs, axis=-1)
 
 
@@ -183,7 +195,7 @@ def model_inputs(batch):
     return {key: value for key, value in batch.items() if key not in ('targets', 'weights')}
 
 
-def train_step(state, batch, key, *, num_classes, smoothing):
+def train_step(state, batch, key, *, num_classes, smoothing, loss):
     """One step on this device's share of the global batch; gradients averaged over devices.
     An example whose loss is NaN counts 0 and NaN gradients are set to 0 (as the original); a batch
     whose loss is NaN on any device is skipped (no update) and counted. Metrics are psummed sums."""
@@ -191,7 +203,7 @@ def train_step(state, batch, key, *, num_classes, smoothing):
 
     def loss_fn(params):
         log_probs = state.apply_fn({'params': params}, **model_inputs(batch), train=True, rngs={'dropout': key})
-        losses = per_example_loss(log_probs, batch['targets'], num_classes, smoothing)           # (b,)
+        losses = per_example_loss(log_probs, batch['targets'], num_classes, smoothing, loss)     # (b,)
         finite = jnp.isfinite(losses)
         losses = jnp.where(finite, losses, 0.)
         return jnp.mean(losses), (log_probs, losses, jnp.all(finite))
@@ -218,7 +230,8 @@ def eval_step(params, batch, *, apply_fn):
 def compile_steps(config, apply_fn, devices):
     """The pmapped steps, built once per run (never inside the loop)."""
     donate = (0,) if devices[0].platform != 'cpu' else ()  # CPU cannot donate buffers
-    p_train = jax.pmap(partial(train_step, num_classes=config.num_classes, smoothing=config.label_smoothing),
+    p_train = jax.pmap(partial(train_step, num_classes=config.num_classes, smoothing=config.label_smoothing,
+                               loss=config.loss),
                        axis_name='batch', in_axes=(0, 0, None), donate_argnums=donate, devices=devices)
     p_eval = jax.pmap(partial(eval_step, apply_fn=apply_fn), axis_name='batch', devices=devices)
     return p_train, p_eval
@@ -254,8 +267,9 @@ def tree_to_state(state, tree):
 
 def check_compatible(saved, config, directory):
     """Refuse a checkpoint written by a different model configuration."""
-    diffs = [f'{name}={saved.get(name)!r} there, {getattr(config, name)!r} here'
-             for name in MODEL_FIELDS if saved.get(name) != getattr(config, name)]
+    defaults = Config()  # a field newer than the checkpoint had its default then
+    diffs = [f'{name}={saved.get(name, getattr(defaults, name))!r} there, {getattr(config, name)!r} here'
+             for name in MODEL_FIELDS if saved.get(name, getattr(defaults, name)) != getattr(config, name)]
     if diffs:
         raise UserError(f'the checkpoint in {directory} was written by a different model configuration '
                         f'({"; ".join(diffs)}): use the same settings, or another --workdir')

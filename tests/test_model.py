@@ -87,3 +87,21 @@ def test_image_tasks_use_no_mask():
     unmasked = build_model(dataclasses.replace(TINY, use_mask=False)).apply({'params': params}, x)
     np.testing.assert_allclose(masked[1:], unmasked[1:], rtol=1e-5)  # rows without padding: same
     assert not np.allclose(masked[0], unmasked[0])                   # the padded row: different
+
+
+def test_ember_options_are_configuration():
+    config = dataclasses.replace(TINY, use_bias=True, activation='relu', cls_token=True, block='B', n_layer=1)
+    model, params = init(config, ids())
+    block = params['encoder']['EncoderBlock_0']
+    assert params['encoder']['cls_token'].shape == (1, 1, 16)
+    assert all('bias' in block['SelfAttention_0'][name] for name in ('query', 'key', 'value', 'output'))
+    assert 'bias' in block['MLP_0']['Dense_1']
+    out = model.apply({'params': params}, ids())
+    assert out.shape == (3, 10)
+    # the head reads the output at the CLS position (not the mean over time)
+    encoder = build_model(config).encoder
+    hidden = encoder.apply({'params': params['encoder']}, ids(), False)
+    assert hidden.shape == (3, 25, 16)  # 1 + T positions
+    from hrrformer import ClassifierHead
+    head = ClassifierHead(16, 10, 'relu').apply({'params': params['ClassifierHead_0']}, hidden[:, 0])
+    np.testing.assert_allclose(np.asarray(head), np.asarray(out), rtol=1e-5, atol=1e-6)

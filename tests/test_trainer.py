@@ -181,3 +181,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path
     train, _, _ = splits(config)
     fresh, _ = trainer.init_state(config, build_model(config), train, 1)
     utils.restore_checkpoint(tmp_path / 'w' / 'checkpoints', 2, trainer.state_to_tree(fresh, jax.random.PRNGKey(0)))
+
+
+def test_binary_cross_entropy_is_the_original_formula():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [1.0, 0.0]], np.float32)
+    targets = np.array([0, 0, 1])
+    expected = []
+    for p, t in zip(probs, targets):
+        y = np.eye(2)[t]
+        clip = lambda x: np.clip(x, 1e-10, 1.)  # noqa: E731
+        expected.append(np.sum(-clip(y) * np.log(clip(p)) - clip(1 - y) * np.log(clip(1 - p))))
+    losses = trainer.per_example_loss(jnp.log(jnp.asarray(probs)), targets, 2, 0.0, 'binary_cross_entropy')
+    np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
+    assert float(losses[2]) > 40  # a confident wrong answer is clipped, not infinite
