@@ -311,6 +311,15 @@ def evaluate(p_eval, params, split, global_batch, n_devices, n=None):
     return 100. * totals['correct'] / max(totals['count'], 1), int(totals['count'])
 
 
+def peak_memory_mb(device):
+    """The accelerator's peak memory in use so far, or on CPU the process's peak resident memory."""
+    stats = device.memory_stats() if device.platform != 'cpu' else None
+    if stats and 'peak_bytes_in_use' in stats:
+        return stats['peak_bytes_in_use'] / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # kB on Linux
+
+
 # ============================================================================ loop
 
 def run(config, load_dataset: Callable, devices=None):
@@ -405,7 +414,8 @@ def run(config, load_dataset: Callable, devices=None):
                'seconds': round(time.time() - tic, 2),
                'examples_per_second': round(float(totals['count']) / train_seconds, 2),
                'learning_rate': float(schedule(epoch * steps_per_epoch)),
-               'skipped_batches': int(round(float(totals['skipped'])))}
+               'skipped_batches': int(round(float(totals['skipped']))),
+               'peak_memory_mb': round(peak_memory_mb(devices[0]), 1)}
         skipped = f", {row['skipped_batches']} batch(es) with NaN loss skipped" if row['skipped_batches'] else ''
         print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
               f"valid {valid_acc:.2f}% | test {test_acc:.2f}% | {row['seconds']:.0f} s, "
@@ -419,11 +429,13 @@ def run(config, load_dataset: Callable, devices=None):
     return history
 
 
-def main(config, load_dataset, argv=None):
-    """Entry point of a task script: `--name=value` overrides of `config`, then `run`."""
+def main(config, load_dataset, argv=None, complete=None):
+    """Entry point of a task script: `--name=value` overrides of `config`, then `complete(config)` (a
+    task's settings that follow from others, e.g. EMBER's batch from the length), then `run`."""
     argv = sys.argv[1:] if argv is None else argv
+    complete = complete or (lambda c: c)
     try:
-        return utils.exit_on_user_error(lambda: run(utils.apply_overrides(config, argv), load_dataset))
+        return utils.exit_on_user_error(lambda: run(complete(utils.apply_overrides(config, argv)), load_dataset))
     except KeyboardInterrupt:
         print('\ninterrupted: the next run with the same settings resumes after the last finished epoch',
               file=sys.stderr)

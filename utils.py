@@ -97,16 +97,29 @@ def _type_name(kind):
 # ----------------------------------------------------------------------------- history
 
 def append_history(path, row):
-    """Append one epoch's row (a dict) to a CSV file, writing the header first when the file is new."""
+    """Append one epoch's row (a dict) to a CSV file, writing the header first when the file is new
+    (and rewriting the file when an older version of the code wrote other columns)."""
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
+    rows = read_history(path)
+    if rows and list(rows[0]) != list(row):
+        write_history(path, rows, fieldnames=list(row))
     with open(path, 'a', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        if not rows:
             writer.writeheader()
         writer.writerow(row)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_history(path, rows, fieldnames):
+    """Replace a history file by `rows`, atomically (missing columns left empty)."""
+    tmp = Path(path).with_suffix('.csv.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, restval='', extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def read_history(path):
@@ -127,12 +140,7 @@ def truncate_history(path, last_epoch):
     if not kept:  # no checkpoint at all: the run starts afresh
         os.remove(path)
         return
-    tmp = Path(path).with_suffix('.csv.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    os.replace(tmp, path)
+    write_history(path, kept, fieldnames=list(rows[0]))
 
 
 # ----------------------------------------------------------------------------- data caches

@@ -89,3 +89,12 @@ def test_script_trains_from_inside_its_folder_and_resumes(data_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert 'resumed from epoch 1' in again.stdout
     assert [r['epoch'] for r in read_history(tmp_path / 'w' / 'history.csv')] == ['1', '2']
+
+
+def test_history_keeps_its_rows_when_columns_change(tmp_path):
+    from utils import append_history
+    path = tmp_path / 'history.csv'
+    append_history(path, {'epoch': 1, 'loss': 2.5})
+    append_history(path, {'epoch': 2, 'loss': 2.0, 'memory': 7})
+    assert read_history(path) == [{'epoch': '1', 'loss': '2.5', 'memory': ''},
+                                  {'epoch': '2', 'loss': '2.0', 'memory': '7'}]
