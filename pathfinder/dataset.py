@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pathfinder.generate import DIFFICULTY_DIRS  # the one place for LRA's folder names
 from utils import ROOT, UserError, cached_arrays
 
 VOCAB_SIZE = 256
 NUM_CLASSES = 2
-DIFFICULTY_DIRS = {'easy': 'curv_baseline', 'intermediate': 'curv_contour_length_9', 'hard': 'curv_contour_length_14'}
 LRA_DIR = ROOT / 'lra_release' / 'lra_release'
 GENERATED_DIR = ROOT / 'data' / 'pathfinder'
 SPLIT_SEED = 0  # the split is fixed, whatever the training seed

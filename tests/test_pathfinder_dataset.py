@@ -80,3 +80,29 @@ def test_malformed_metadata_names_the_line(tmp_path):
 def test_resolution_128_selects_path_x():
     assert config_for(['--resolution=128', '--epochs=1']) is pathx
     assert config_for(['--epochs=1']) is pathfinder32
+
+
+def test_script_trains_on_generated_images(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from pathfinder.generate import write_dataset
+    write_dataset(tmp_path / 'data', resolution=32, count=40, seed=0, workers=1, verbose=False)
+    result = subprocess.run([sys.executable, str(ROOT / 'pathfinder' / 'hrrformer_mgpu.py'),
+                             f'--data_dir={tmp_path}/data', f'--workdir={tmp_path}/w', '--n_layer=1',
+                             '--embed_size=16', '--heads=2', '--batch_size=2', '--epochs=1'],
+                            cwd=ROOT / 'pathfinder', capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '32 train / 4 valid / 4 test examples' in result.stdout and 'epoch 1/1: train loss' in result.stdout
+
+
+def test_without_lra_data_the_images_are_generated_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dataset, 'LRA_DIR', tmp_path / 'lra_release' / 'lra_release')
+    monkeypatch.setattr(dataset, 'GENERATED_DIR', tmp_path / 'data' / 'pathfinder')
+    small = dataclasses.replace(pathfinder32, generate_count=30)
+    train, valid, test = dataset.load_dataset(small)
+    assert 'generating 30 images of 32x32 (hard)' in capsys.readouterr().out
+    assert sum(len(s['targets']) for s in (train, valid, test)) == 30
+    assert 0.3 < np.mean(np.concatenate([s['targets'] for s in (train, valid, test)])) < 0.7
+    dataset.load_dataset(small)
+    assert 'generating' not in capsys.readouterr().out  # made once
