@@ -71,3 +71,14 @@ def test_sweep_writes_its_table_and_plot(data_dir, tmp_path):
     assert (tmp_path / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     bad = run(ROOT / 'ember' / 'sweep.py', '--max_power=x')
     assert bad.returncode != 0 and 'takes a whole number' in bad.stderr
+
+
+def test_without_data_dir_a_stand_in_is_generated_once(tmp_path, monkeypatch, capsys):
+    import ember.hrrformer_mgpu as script
+    monkeypatch.setattr(script, 'GENERATED_DIR', tmp_path / 'ember')
+    small = dataclasses.replace(config, max_seq_len=256, generate_count=24, generate_length=4096, loader_workers=0)
+    train, valid, test = script.load_dataset(small)
+    assert 'generating a stand-in of 24 files of 4096 bytes' in capsys.readouterr().out
+    assert (len(train) + len(valid), len(test)) == (19, 5)  # a fifth (rounded up) for test
+    script.load_dataset(small)
+    assert 'generating' not in capsys.readouterr().out
