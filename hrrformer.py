@@ -99,17 +99,29 @@ def _hrr_attention_backward(residuals, g):
 _hrr_attention.defvjp(_hrr_attention_forward, _hrr_attention_backward)
 
 
+def softmax_attention(q, k, v, mask=None):
+    """The Transformer baseline: Flax's dot-product attention, softmax(q k^T / sqrt(H')) v, on the same
+    (B, h, T, H') layout; padded keys (mask 0) get no weight."""
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))                     # (B, T, h, H')
+    key_mask = None if mask is None else (mask[:, None, None, :] > 0)           # (B, 1, 1, T)
+    return nn.dot_product_attention(q, k, v, mask=key_mask).transpose(0, 2, 1, 3)
+
+
+ATTENTION = {'hrr': hrr_attention, 'softmax': softmax_attention}
+
+
 class SelfAttention(nn.Module):
-    """Dense q, k, v -> heads -> HRR attention -> merged heads -> Dense output."""
+    """Dense q, k, v -> heads -> HRR (or, as a baseline, softmax) attention -> merged heads -> Dense output."""
     features: int
     heads: int
     use_bias: bool = False  # LRA tasks: no bias; EMBER: bias
+    attention: str = 'hrr'
 
     @nn.compact
     def __call__(self, x, mask=None):                                           # x (B, T, E)
         dense = partial(nn.Dense, self.features, use_bias=self.use_bias)
         q, k, v = (split_heads(dense(name=name)(x), self.heads) for name in ('query', 'key', 'value'))
-        out = hrr_attention(q, k, v, mask)                                      # (B, h, T, H')
+        out = ATTENTION[self.attention](q, k, v, mask)                          # (B, h, T, H')
         return dense(name='output')(merge_heads(out))                           # (B, T, E)
 
 
@@ -144,10 +156,11 @@ class EncoderBlock(nn.Module):
     style: str = 'A'
     use_bias: bool = False
     activation: str = 'gelu'
+    attention: str = 'hrr'
 
     @nn.compact
     def __call__(self, x, mask, train):                                         # x (B, T, E)
-        attend = SelfAttention(self.features, self.heads, self.use_bias)
+        attend = SelfAttention(self.features, self.heads, self.use_bias, self.attention)
         mlp = MLP(self.features, self.mlp_hidden, self.dropout_rate, self.activation, self.use_bias)
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         if self.style in ('A', 'D'):
@@ -178,6 +191,7 @@ class Encoder(nn.Module):
     use_bias: bool = False  # biases on q, k, v, output and the MLP's second Dense (EMBER)
     activation: str = 'gelu'
     cls_token: bool = False  # EMBER: a learned token (without position) before the sequence
+    attention: str = 'hrr'  # 'softmax': the Transformer baseline, same blocks otherwise
 
     @nn.compact
     def __call__(self, ids, train):
@@ -193,7 +207,7 @@ class Encoder(nn.Module):
             x = layer_norm()(x)
         for _ in range(self.n_layer):
             x = EncoderBlock(self.embed_size, self.heads, self.mlp_hidden, self.dropout_rate, self.block,
-                             self.use_bias, self.activation)(x, mask, train)
+                             self.use_bias, self.activation, self.attention)(x, mask, train)
         return x                                                                # (B, [1 +] T, E)
 
 
@@ -245,6 +259,7 @@ def build_model(config):
                       embed_size=config.embed_size, heads=config.heads, n_layer=config.n_layer,
                       mlp_hidden=int(config.embed_size * config.mlp_ratio), dropout_rate=config.dropout_rate,
                       block=config.block, positions=config.positions, use_mask=config.use_mask,
-                      use_bias=config.use_bias, activation=config.activation, cls_token=config.cls_token)
+                      use_bias=config.use_bias, activation=config.activation, cls_token=config.cls_token,
+                      attention=config.attention)
     head = {'single': Classifier, 'dual': DualClassifier}[config.head]
     return head(encoder=encoder, num_classes=config.num_classes)

@@ -49,6 +49,7 @@ class Config:
     activation: str = 'gelu'          # of the MLP and the head: 'gelu' or 'relu' (EMBER)
     cls_token: bool = False           # a learned CLS token in front, whose output the head reads (EMBER);
                                       # otherwise the head reads the mean over time
+    attention: str = 'hrr'            # 'hrr', or 'softmax' for the Transformer baseline (same blocks)
     dropout_rate: float = 0.1
     # optimisation
     batch_size: int = 2               # per device; the global batch is this times the device count
@@ -69,7 +70,7 @@ class Config:
 # A checkpoint can be resumed only by a run with the same values of these fields.
 MODEL_FIELDS = ('task', 'vocab_size', 'num_classes', 'max_seq_len', 'n_layer', 'embed_size', 'heads',
                 'mlp_ratio', 'block', 'positions', 'use_mask', 'head', 'use_bias', 'activation', 'cls_token',
-                'optimizer')
+                'attention', 'optimizer')
 
 
 def check_config(config):
@@ -81,7 +82,7 @@ def check_config(config):
     if config.embed_size % config.heads:
         raise UserError(f'--embed_size={config.embed_size} must be divisible by --heads={config.heads}')
     choices = {'block': 'ABCD', 'positions': ('learned', 'fixed'), 'head': ('single', 'dual'),
-               'optimizer': ('adam', 'adamw'), 'activation': ('gelu', 'relu'),
+               'optimizer': ('adam', 'adamw'), 'activation': ('gelu', 'relu'), 'attention': ('hrr', 'softmax'),
                'loss': ('cross_entropy', 'binary_cross_entropy')}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:

@@ -70,3 +70,16 @@ def test_dtype_is_kept():
     out = hrr_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
     assert out.dtype == jnp.bfloat16
     assert relative_error(out.astype(jnp.float32), reference_attention(q, k, v, mask)) < 2e-2
+
+
+def test_softmax_baseline_is_plain_dot_product_attention():
+    from hrrformer import softmax_attention
+    q, k, v, mask = inputs(8, shape=(2, 3, 6))
+    mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], jnp.float32)
+    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k) / jnp.sqrt(8.0)                  # (B, h, T, T)
+    scores = jnp.where(mask[:, None, None, :] > 0, scores, -jnp.inf)
+    expected = jnp.einsum('bhqk,bhkd->bhqd', jax.nn.softmax(scores, axis=-1), v)
+    np.testing.assert_allclose(np.asarray(softmax_attention(q, k, v, mask)), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(softmax_attention(q, k, v)),
+                               np.asarray(jnp.einsum('bhqk,bhkd->bhqd', jax.nn.softmax(
+                                   jnp.einsum('bhqd,bhkd->bhqk', q, k) / jnp.sqrt(8.0), -1), v)), rtol=1e-5, atol=1e-6)

@@ -52,3 +52,20 @@ def test_paper_configuration_trains_one_step(task, devices):
     state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
     metrics = trainer.unreplicate(metrics)
     assert float(metrics['count']) == 4 and np.isfinite(float(metrics['loss']))
+
+
+@pytest.mark.parametrize('task', sorted(PAPER) + ['ember'])
+def test_softmax_baseline_has_the_same_interface(task):
+    module, name = SCRIPTS.get(task, (f'{task}.hrrformer_mgpu', 'config'))
+    paper = getattr(importlib.import_module(module), name)
+    config = dataclasses.replace(paper, max_seq_len=48, n_layer=1, embed_size=32, heads=4)
+    names = ('inputs1', 'inputs2') if config.head == 'dual' else ('inputs',)
+    inputs = {n: np.random.default_rng(0).integers(1, config.vocab_size, size=(2, 48)).astype(np.int32) for n in names}
+    inputs[names[0]][0, 30:] = 0  # some padding
+    outputs = {}
+    for attention in ('hrr', 'softmax'):
+        model = build_model(dataclasses.replace(config, attention=attention))
+        params = model.init(jax.random.PRNGKey(0), **inputs)['params']
+        outputs[attention] = model.apply({'params': params}, **inputs)
+    assert outputs['hrr'].shape == outputs['softmax'].shape == (2, config.num_classes)
+    assert not np.allclose(outputs['hrr'], outputs['softmax'])
