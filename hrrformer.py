@@ -61,6 +61,13 @@ def _scores(q, k, v, mask):
     return attention, (fq, fk, fv, beta, cosine, norm2_v, norm2_vhat, inv_v, inv_vhat, attention)
 
 
+def hrr_weights(q, k, v, mask=None):
+    """The softmax weights w_t of hrr_attention, (B, h, T): what each head makes of each position."""
+    real = jnp.promote_types(v.dtype, jnp.float32)
+    mask = None if mask is None else mask.astype(real)
+    return _scores(q.astype(real), k.astype(real), v.astype(real), mask)[0]
+
+
 @jax.custom_vjp
 def _hrr_attention(q, k, v, mask):
     return _scores(q, k, v, mask)[0][..., None] * v
@@ -122,6 +129,8 @@ class SelfAttention(nn.Module):
         dense = partial(nn.Dense, self.features, use_bias=self.use_bias)
         q, k, v = (split_heads(dense(name=name)(x), self.heads) for name in ('query', 'key', 'value'))
         out = ATTENTION[self.attention](q, k, v, mask)                          # (B, h, T, H')
+        if self.attention == 'hrr' and self.is_mutable_collection('intermediates'):  # for weight maps only
+            self.sow('intermediates', 'weights', hrr_weights(q, k, v, mask))    # (B, h, T)
         return dense(name='output')(merge_heads(out))                           # (B, T, E)
 
 
