@@ -7,7 +7,7 @@ For each task's paper configuration (one device, the paper's per-device batch), 
 of each model is compiled; examples per second are the batch over the median of interleaved timed
 steps after a warm-up, and memory is the compiled step's memory analysis (temporary + arguments +
 outputs). A step whose analysis says it needs more than --memory_fraction of the memory (the
-accelerator's, or this machine's on CPU) is not run: it is reported as "would need N GB". Then a sequence-length sweep at the EMBER configuration (batch 1, T = 2^a ... 2^b).
+accelerator's, or this machine's on CPU) is not run: it is reported as "would need N GB". Then a sequence-length sweep at the EMBER configuration (batch 1, T = 2^a ... 2^b; --sweep=none skips it).
 --small shrinks every configuration (1 layer, embed 64, short sequences) to run in well under a
 minute on a laptop CPU; --length sets T for every task (e.g. --length=4000).
 
@@ -199,7 +199,7 @@ def parse(argv):
                 float(value) if name == 'memory_fraction' else value
         else:
             raise SystemExit(f'error: cannot read {arg!r}; options: --small, --tasks=a,b, --length=T, --repeats=N, '
-                             f'--sweep=A-B (powers of two), --memory_fraction=F, --output_dir=DIR')
+                             f'--sweep=A-B (powers of two) or none, --memory_fraction=F, --output_dir=DIR')
     unknown = set(options['tasks'].split(',')) - set(TASKS)
     if unknown:
         raise SystemExit(f'error: unknown task(s) {", ".join(sorted(unknown))}; tasks: {", ".join(TASKS)}')
@@ -214,8 +214,8 @@ def main(argv):
     for task in options['tasks'].split(','):
         rows += compare(task, task_config(task, options['small'], options['length']), device, options['repeats'],
                         options['memory_fraction'])
-    low, high = map(int, options['sweep'].split('-'))
-    if options['small']:  # one point, to show the sweep works
+    low, high = (1, 0) if options['sweep'] == 'none' else map(int, options['sweep'].split('-'))
+    if options['small'] and options['sweep'] != 'none':  # one point, to show the sweep works
         low = high = 10
     for power in range(low, high + 1):
         config = dataclasses.replace(task_config('ember', options['small'], 0), max_seq_len=2 ** power, batch_size=1)
