@@ -54,7 +54,7 @@ def data_dir(tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--heads=x'], 'bad value for --heads=x'),
-    (['--nope=1'], 'unknown setting --nope; valid names: batch_size,'),
+    (['--nope=1'], 'unknown setting --nope; valid names: activation, attention, batch_size,'),
     (['--data_dir=/nonexistent/listops'], 'lacks basic_train.tsv'),
     (['--embed_size=100', '--heads=8'], 'must be divisible by --heads=8'),
 ])
