@@ -4,7 +4,6 @@ Sections, top to bottom: configuration, input, model and optimiser, steps, check
 A task script builds a `Config` with its paper values and calls `run(config, load_dataset)`.
 """
 import dataclasses
-import math
 import sys
 import time
 from functools import partial

@@ -1,4 +1,5 @@
 """Small helpers shared by every task: heads, paths, command-line overrides, history, checkpoints."""
+import argparse
 import csv
 import dataclasses
 import logging
@@ -8,8 +9,6 @@ import types
 import typing
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent  # repository root: default data and weights live under it,
@@ -92,6 +91,42 @@ def apply_overrides(config, argv):
 
 def _type_name(kind):
     return getattr(kind, '__name__', str(kind).replace('typing.', ''))
+
+
+# ----------------------------------------------------------------------------- generator command lines
+# (utils imports neither JAX nor TensorFlow at its top, so the numpy-only generators can use it)
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser that reports a bad argument in one line, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def integer_at_least(minimum):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f'expected an integer >= {minimum}, got {text!r}')
+        return value
+    return parse
+
+
+def run_generator(prog, write, interrupted='interrupted'):
+    """Run a generator's write(); its errors end in one line. Returns the exit status."""
+    try:
+        write()
+    except (OSError, ValueError) as error:
+        print(f'{prog}: error: {error}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'{prog}: {interrupted}', file=sys.stderr)
+        return 130
+    return 0
 
 
 # ----------------------------------------------------------------------------- history
@@ -247,6 +282,7 @@ def restore_meta(directory, step):
 
 def restore_checkpoint(directory, step, like):
     """Restore checkpoint `step` into the structure, shapes and dtypes of the pytree `like`."""
+    import jax
     import orbax.checkpoint as ocp
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     with _checkpoint_manager(directory) as manager:

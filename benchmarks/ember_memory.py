@@ -9,7 +9,6 @@ compiled memory analysis of its forward and backward pass (the attention core al
 says what it would need.
 """
 import dataclasses
-import resource
 import sys
 import time
 from pathlib import Path

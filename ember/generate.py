@@ -92,6 +92,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from anywhere
+from utils import OneLineParser, integer_at_least, run_generator  # noqa: E402  (no JAX import)
+
 DEFAULT_LENGTH = 1 << 17
 MIN_LENGTH = 4096  # the header (2048) plus room for sections and a signature
 SPLITS = ('train', 'test')
@@ -562,25 +565,6 @@ def write_dataset(output_dir: str | os.PathLike, count: int = 10_000, length: in
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad argument in one line, without the usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def _integer(low):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f'expected an integer >= {low}, got {text!r}')
-        return value
-    return parse
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -592,29 +576,22 @@ def _fraction(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description='Generate a stand-in for the EMBER raw binaries: DIR/{train,test}/{benign,malware}/ '
+    parser = OneLineParser(description='Generate a stand-in for the EMBER raw binaries: DIR/{train,test}/{benign,malware}/ '
                                  'with a planted signature in every malware file, and signatures.csv per split.')
     parser.add_argument('--output_dir', required=True, help='folder for train/ and test/')
-    parser.add_argument('--count', type=_integer(1), required=True, help='files in all, train and test together')
-    parser.add_argument('--length', type=_integer(MIN_LENGTH), default=DEFAULT_LENGTH, help='bytes per file (2^17)')
-    parser.add_argument('--min_length', type=_integer(MIN_LENGTH), default=None,
+    parser.add_argument('--count', type=integer_at_least(1), required=True, help='files in all, train and test together')
+    parser.add_argument('--length', type=integer_at_least(MIN_LENGTH), default=DEFAULT_LENGTH, help='bytes per file (2^17)')
+    parser.add_argument('--min_length', type=integer_at_least(MIN_LENGTH), default=None,
                         help='if given, lengths are uniform over [min_length, length]')
-    parser.add_argument('--seed', type=_integer(0), default=0, help='random seed (0)')
+    parser.add_argument('--seed', type=integer_at_least(0), default=0, help='random seed (0)')
     parser.add_argument('--test_fraction', type=_fraction, default=0.2, help='share of files in test/ (0.2)')
     parser.add_argument('--gzip_fraction', type=_fraction, default=0.25, help='share of files gzip-compressed (0.25)')
-    parser.add_argument('--workers', type=_integer(0), default=None, help='processes (default: one per CPU)')
+    parser.add_argument('--workers', type=integer_at_least(0), default=None, help='processes (default: one per CPU)')
     args = parser.parse_args(argv)
-    try:
-        write_dataset(args.output_dir, count=args.count, length=args.length, seed=args.seed,
-                      test_fraction=args.test_fraction, workers=args.workers, min_length=args.min_length,
-                      gzip_fraction=args.gzip_fraction)
-    except (OSError, ValueError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'{parser.prog}: interrupted; run again with the same arguments to finish', file=sys.stderr)
-        return 130
-    return 0
+    return run_generator(parser.prog, lambda: write_dataset(
+        args.output_dir, count=args.count, length=args.length, seed=args.seed, test_fraction=args.test_fraction,
+        workers=args.workers, min_length=args.min_length, gzip_fraction=args.gzip_fraction),
+        interrupted='interrupted; run again with the same arguments to finish')
 
 
 if __name__ == '__main__':

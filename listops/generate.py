@@ -42,17 +42,20 @@ chunks.  Usage::
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import itertools
 import multiprocessing
 import os
 import sys
+from pathlib import Path
 import time
 from typing import Iterator, NamedTuple
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from anywhere
+from utils import OneLineParser, integer_at_least, run_generator  # noqa: E402  (no JAX import)
 
 MAX_DEPTH = 10  # nodes at this depth are always leaves
 MIN_ARGS, MAX_ARGS = 2, 10  # children per operator, inclusive
@@ -415,41 +418,17 @@ def write_dataset(
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad argument in one line, without the usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description="Generate the LRA ListOps TSV files (basic_{train,val,test}.tsv).")
+    parser = OneLineParser(description="Generate the LRA ListOps TSV files (basic_{train,val,test}.tsv).")
     parser.add_argument("--output_dir", required=True, help="directory for the three files")
-    parser.add_argument("--train", type=_non_negative, default=96000, help="training rows")
-    parser.add_argument("--valid", type=_non_negative, default=2000, help="validation rows")
-    parser.add_argument("--test", type=_non_negative, default=2000, help="test rows")
-    parser.add_argument("--seed", type=_non_negative, default=0, help="random seed")
-    parser.add_argument("--workers", type=_non_negative, default=None, help="processes (default: automatic)")
+    parser.add_argument("--train", type=integer_at_least(0), default=96000, help="training rows")
+    parser.add_argument("--valid", type=integer_at_least(0), default=2000, help="validation rows")
+    parser.add_argument("--test", type=integer_at_least(0), default=2000, help="test rows")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0, help="random seed")
+    parser.add_argument("--workers", type=integer_at_least(0), default=None, help="processes (default: automatic)")
     args = parser.parse_args(argv)
-    try:
-        write_dataset(args.output_dir, args.train, args.valid, args.test, args.seed, True, args.workers)
-    except (OSError, ValueError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_generator(parser.prog, lambda: write_dataset(args.output_dir, args.train, args.valid, args.test,
+                                                            args.seed, True, args.workers))
 
 
 if __name__ == "__main__":

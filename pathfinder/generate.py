@@ -67,7 +67,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
 import os
@@ -79,6 +78,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from anywhere
+from utils import OneLineParser, integer_at_least, run_generator  # noqa: E402  (no JAX import)
 
 RESOLUTIONS = (32, 128)
 DIFFICULTY_DIRS = {'easy': 'curv_baseline', 'intermediate': 'curv_contour_length_9', 'hard': 'curv_contour_length_14'}
@@ -818,46 +820,20 @@ def write_dataset(output_dir, resolution: int = 32, difficulty: str = 'hard', co
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad argument in one line, without the usage block."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def _integer(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f'expected an integer >= {minimum}, got {text!r}')
-        return value
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description='Generate Pathfinder images in the LRA layout '
+    parser = OneLineParser(description='Generate Pathfinder images in the LRA layout '
                                  '(<output_dir>/pathfinder<res>/<difficulty dir>/{imgs,metadata}).')
     parser.add_argument('--output_dir', required=True, help='directory that gets pathfinder<res>/')
     parser.add_argument('--resolution', type=int, choices=RESOLUTIONS, default=32,
                         help='32 (Pathfinder) or 128 (Path-X)')
     parser.add_argument('--difficulty', choices=tuple(DIFFICULTY_DIRS), default='hard',
                         help='contour length 6, 9 or 14')
-    parser.add_argument('--count', type=_integer(1), required=True, help='number of images')
-    parser.add_argument('--seed', type=_integer(0), default=0, help='random seed')
-    parser.add_argument('--workers', type=_integer(1), default=None, help='processes (default: automatic)')
+    parser.add_argument('--count', type=integer_at_least(1), required=True, help='number of images')
+    parser.add_argument('--seed', type=integer_at_least(0), default=0, help='random seed')
+    parser.add_argument('--workers', type=integer_at_least(1), default=None, help='processes (default: automatic)')
     args = parser.parse_args(argv)
-    try:
-        write_dataset(args.output_dir, args.resolution, args.difficulty, args.count, args.seed, args.workers)
-    except (OSError, ValueError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'{parser.prog}: interrupted', file=sys.stderr)
-        return 130
-    return 0
+    return run_generator(parser.prog, lambda: write_dataset(args.output_dir, args.resolution, args.difficulty,
+                                                            args.count, args.seed, args.workers))
 
 
 if __name__ == '__main__':
