@@ -4,6 +4,7 @@ Sections, top to bottom: configuration, input, model and optimiser, steps, check
 A task script builds a `Config` with its paper values and calls `run(config, load_dataset)`.
 """
 import dataclasses
+import os
 import sys
 import time
 from functools import partial
@@ -64,6 +65,10 @@ class Config:
     # run
     workdir: Optional[str] = None     # None: weights/<task>_<n_layer> under the repository root
     eval_only: bool = False           # evaluate the latest checkpoint and stop
+    # several processes (hosts): jax.distributed; under SLURM and similar schedulers JAX finds these itself
+    coordinator_address: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
 
 
 # A checkpoint can be resumed only by a run with the same values of these fields.
@@ -132,21 +137,23 @@ def train_order(n, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batches(split, global_batch, order):
-    """Full batches in `order`; the last partial batch is dropped."""
+def train_batches(split, global_batch, order, share=slice(None)):
+    """Full batches in `order` (the last partial batch is dropped); of each, this process's `share`."""
     starts = range(0, len(order) - global_batch + 1, global_batch)
-    return as_split(split).batches([np.sort(order[s:s + global_batch]) for s in starts])  # sorted: faster reads
+    return as_split(split).batches([np.sort(order[s:s + global_batch])[share] for s in starts])  # sorted: faster reads
 
 
-def eval_batches(split, global_batch, n=None):
-    """The first n examples (None: all) exactly once; the last batch is padded with zero rows of weight 0."""
+def eval_batches(split, global_batch, n=None, share=slice(None)):
+    """The first n examples (None: all) exactly once, in global batches padded with zero rows of weight 0;
+    of each, this process's `share`."""
     split = as_split(split)
     n = len(split) if n is None else n
-    for batch in split.batches([np.arange(s, min(s + global_batch, n)) for s in range(0, n, global_batch)]):
-        real = len(batch['targets'])
-        batch = {key: np.concatenate([value, np.zeros((global_batch - real,) + value.shape[1:], value.dtype)])
+    positions = [np.arange(s, s + global_batch)[share] for s in range(0, n, global_batch)]
+    for place, batch in zip(positions, split.batches([p[p < n] for p in positions])):
+        real, size = len(batch['targets']), len(place)
+        batch = {key: np.concatenate([value, np.zeros((size - real,) + value.shape[1:], value.dtype)])
                  for key, value in batch.items()}
-        batch['weights'] = (np.arange(global_batch) < real).astype(np.float32)
+        batch['weights'] = (np.arange(size) < real).astype(np.float32)
         yield batch
 
 
@@ -230,6 +237,9 @@ def eval_step(params, batch, *, apply_fn):
 def compile_steps(config, apply_fn, devices):
     """The pmapped steps, built once per run (never inside the loop)."""
     donate = (0,) if devices[0].platform != 'cpu' else ()  # CPU cannot donate buffers
+    # with several processes pmap must see every process's devices (its default), or its collectives
+    # would stay inside this process; alone, a run may choose its devices (the tests compare 1 and 4)
+    devices = devices if jax.process_count() == 1 else None
     p_train = jax.pmap(partial(train_step, num_classes=config.num_classes, smoothing=config.label_smoothing,
                                loss=config.loss),
                        axis_name='batch', in_axes=(0, 0, None), donate_argnums=donate, devices=devices)
@@ -302,10 +312,11 @@ def restore_latest(directory, like):
 
 # ============================================================================ evaluation
 
-def evaluate(p_eval, params, split, global_batch, n_devices, n=None):
-    """Accuracy in % over the first n (None: all) examples of `split`, each exactly once, and their number."""
+def evaluate(p_eval, params, split, global_batch, n_devices, n=None, share=slice(None)):
+    """Accuracy in % over the first n (None: all) examples of `split`, each exactly once, and their number
+    (summed over the devices of every process)."""
     totals = {'correct': 0., 'count': 0.}
-    for batch in eval_batches(split, global_batch, n):
+    for batch in eval_batches(split, global_batch, n, share):
         metrics = unreplicate(p_eval(params, shard(batch, n_devices)))
         totals = {key: totals[key] + float(metrics[key]) for key in totals}
     return 100. * totals['correct'] / max(totals['count'], 1), int(totals['count'])
@@ -320,6 +331,18 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # kB on Linux
 
 
+def start_processes(config):
+    """Join the processes of a multi-process run into one set of devices (jax.distributed), from the
+    settings or from what JAX detects under a cluster scheduler. A single process needs nothing."""
+    explicit = config.coordinator_address is not None or config.num_processes is not None
+    scheduled = int(os.environ.get('SLURM_NTASKS', '1')) > 1 or 'OMPI_COMM_WORLD_SIZE' in os.environ
+    if not (explicit or scheduled) or jax.distributed.is_initialized():
+        return
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices of several processes
+    jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                               num_processes=config.num_processes, process_id=config.process_id)
+
+
 # ============================================================================ loop
 
 def run(config, load_dataset: Callable, devices=None):
@@ -327,16 +350,21 @@ def run(config, load_dataset: Callable, devices=None):
     Resumes from the newest checkpoint in the workdir. Returns the history rows (dicts)."""
     # 1. settings, devices and the workdir; a finished run stops here, before any data is loaded
     check_config(config)
+    start_processes(config)
     devices = list(devices or jax.local_devices())
-    n_devices = len(devices)
-    global_batch = config.batch_size * n_devices
+    n_devices, process, processes = len(devices), jax.process_index(), jax.process_count()
+    global_batch = config.batch_size * n_devices * processes   # every device of every process
+    per_process = config.batch_size * n_devices
+    share = slice(process * per_process, (process + 1) * per_process)  # this process's rows of a global batch
+    main_process = process == 0
+    say = print if main_process else (lambda *args, **kwargs: None)  # logs and files: process 0 only
     workdir = workdir_of(config)
     checkpoints, history_file = workdir / 'checkpoints', workdir / 'history.csv'
     saved = latest_meta(checkpoints)
     if saved is not None:
         check_compatible(saved['config'], config, checkpoints)
         if saved['epoch'] >= config.epochs and not config.eval_only:
-            print(f'{workdir}: finished, all {config.epochs} epochs done (history in {history_file}); '
+            say(f'{workdir}: finished, all {config.epochs} epochs done (history in {history_file}); '
                   f'raise --epochs to train further, or --eval_only=true to evaluate')
             return utils.read_history(history_file)
     elif config.eval_only:
@@ -350,15 +378,15 @@ def run(config, load_dataset: Callable, devices=None):
     if steps_per_epoch == 0 and not config.eval_only:
         raise UserError(f'{n_train} training examples do not fill one global batch of {global_batch} '
                         f'(--batch_size={config.batch_size} x {n_devices} devices): use more examples or a smaller batch')
-    print(f'{config.task}: {n_train} train / {n_valid} valid / {n_test} test examples; '
-          f'{n_devices} {devices[0].platform} device(s) x batch {config.batch_size} = {global_batch} per step, '
-          f'{steps_per_epoch} steps per epoch')
+    say(f'{config.task}: {n_train} train / {n_valid} valid / {n_test} test examples; '
+        f'{n_devices * processes} {devices[0].platform} device(s){f" in {processes} processes" if processes > 1 else ""}'
+        f' x batch {config.batch_size} = {global_batch} per step, {steps_per_epoch} steps per epoch')
 
     # 3. model, optimiser and a fresh state
     model = build_model(config)
     state, schedule = init_state(config, model, next(train.batches([np.arange(1)])), steps_per_epoch)
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    print(f'model: {count_params(state.params):,} parameters, {config.n_layer} layer(s), block {config.block}; '
+    say(f'model: {count_params(state.params):,} parameters, {config.n_layer} layer(s), block {config.block}; '
           f'workdir {workdir}')
 
     # 4. resume: the newest readable checkpoint replaces the fresh state; history rows of epochs
@@ -370,17 +398,17 @@ def run(config, load_dataset: Callable, devices=None):
         state, dropout_key = tree_to_state(state, tree), tree['dropout_key']
         start_epoch = meta['epoch'] + 1
         if not config.eval_only:
-            print(f'resumed from epoch {meta["epoch"]}')
-    if not config.eval_only:
+            say(f'resumed from epoch {meta["epoch"]}')
+    if not config.eval_only and main_process:
         utils.truncate_history(history_file, start_epoch - 1)
 
     p_train, p_eval = compile_steps(config, model.apply, devices)
     state = replicate(state, devices)
 
     if config.eval_only:
-        valid_acc, n_valid = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid)
-        test_acc, n_test = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test)
-        print(f'epoch {start_epoch - 1}: valid acc {valid_acc:.2f}% ({n_valid} examples), '
+        valid_acc, n_valid = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid, share)
+        test_acc, n_test = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test, share)
+        say(f'epoch {start_epoch - 1}: valid acc {valid_acc:.2f}% ({n_valid} examples), '
               f'test acc {test_acc:.2f}% ({n_test} examples)')
         return [{'epoch': start_epoch - 1, 'valid_acc': valid_acc, 'test_acc': test_acc}]
 
@@ -392,8 +420,9 @@ def run(config, load_dataset: Callable, devices=None):
         order = train_order(n_train, config.seed, epoch)
         epoch_key = jax.random.fold_in(dropout_key, epoch)
         totals = None
-        bar = tqdm(train_batches(train, global_batch, order), total=steps_per_epoch, mininterval=1.,
-                   desc=f'epoch {epoch}/{config.epochs}', dynamic_ncols=True, file=sys.stdout)
+        bar = tqdm(train_batches(train, global_batch, order, share), total=steps_per_epoch, mininterval=1.,
+                   desc=f'epoch {epoch}/{config.epochs}', dynamic_ncols=True, file=sys.stdout,
+                   disable=not main_process)
         for step, batch in enumerate(bar):
             state, metrics = p_train(state, shard(batch, n_devices), jax.random.fold_in(epoch_key, step))
             totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
@@ -405,8 +434,8 @@ def run(config, load_dataset: Callable, devices=None):
         bar.close()
         totals = jax.device_get(unreplicate(totals))
         train_seconds = time.time() - tic
-        valid_acc, _ = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid)
-        test_acc, _ = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test)
+        valid_acc, _ = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid, share)
+        test_acc, _ = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test, share)
         row = {'epoch': epoch,
                'train_loss': round(float(totals['loss'] / max(totals['count'], 1)), 6),
                'train_acc': round(float(100 * totals['correct'] / max(totals['count'], 1)), 4),
@@ -417,15 +446,17 @@ def run(config, load_dataset: Callable, devices=None):
                'skipped_batches': int(round(float(totals['skipped']))),
                'peak_memory_mb': round(peak_memory_mb(devices[0]), 1)}
         skipped = f", {row['skipped_batches']} batch(es) with NaN loss skipped" if row['skipped_batches'] else ''
-        print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+        say(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
               f"valid {valid_acc:.2f}% | test {test_acc:.2f}% | {row['seconds']:.0f} s, "
               f"{row['examples_per_second']:.1f} ex/s{skipped}")
         # history first, then the checkpoint: a crash in between leaves a row that resume drops again
-        utils.append_history(history_file, row)
+        if main_process:
+            utils.append_history(history_file, row)
         history.append(row)
         meta = {'epoch': epoch, 'config': dataclasses.asdict(config)}
-        utils.save_checkpoint(checkpoints, epoch, state_to_tree(unreplicate(state), dropout_key), meta)
-    print(f'done: {config.epochs} epochs; history in {history_file}, checkpoints in {checkpoints}')
+        # every process takes part: orbax coordinates them, and the primary one writes the replicated state
+        utils.save_checkpoint(checkpoints, epoch, jax.device_get(state_to_tree(unreplicate(state), dropout_key)), meta)
+    say(f'done: {config.epochs} epochs; history in {history_file}, checkpoints in {checkpoints}')
     return history
 
 
