@@ -246,10 +246,20 @@ def tfds_batches(name, split, data_dir, batch_size=1000):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+_MANAGERS = {}
+
+
 def _checkpoint_manager(directory, keep=2):
+    """One orbax CheckpointManager per folder for the life of the process: with several processes its
+    operations are collective, and opening a new manager for each one left them waiting on each other."""
     import orbax.checkpoint as ocp  # imported here: only runs that checkpoint pay for it
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+    directory = Path(directory).resolve()
+    if directory not in _MANAGERS:
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        _MANAGERS[directory] = ocp.CheckpointManager(directory, options=options)
+    manager = _MANAGERS[directory]
+    manager.reload()  # another process (or a crash) may have changed the folder since
+    return manager
 
 
 def save_checkpoint(directory, step, tree, meta):
@@ -258,26 +268,23 @@ def save_checkpoint(directory, step, tree, meta):
     half-written checkpoint that looks whole; the two newest checkpoints are kept. An existing
     checkpoint `step` (a damaged one that a resume fell back from) is replaced: orbax would keep it."""
     import orbax.checkpoint as ocp
-    with _checkpoint_manager(directory) as manager:
-        if step in manager.all_steps():
-            manager.delete(step)
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                   meta=ocp.args.JsonSave(meta)))
-        manager.wait_until_finished()
+    manager = _checkpoint_manager(directory)
+    if step in manager.all_steps():
+        manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
 
 
 def checkpoint_steps(directory):
     """Steps of the complete checkpoints in `directory`, newest first."""
     if not Path(directory).is_dir():
         return []
-    with _checkpoint_manager(directory) as manager:
-        return sorted(manager.all_steps(), reverse=True)
+    return sorted(_checkpoint_manager(directory).all_steps(), reverse=True)
 
 
 def restore_meta(directory, step):
     import orbax.checkpoint as ocp
-    with _checkpoint_manager(directory) as manager:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return _checkpoint_manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
 def restore_checkpoint(directory, step, like):
@@ -285,7 +292,6 @@ def restore_checkpoint(directory, step, like):
     import jax
     import orbax.checkpoint as ocp
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    with _checkpoint_manager(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 meta=ocp.args.JsonRestore()))
+    restored = _checkpoint_manager(directory).restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
