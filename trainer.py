@@ -65,6 +65,7 @@ class Config:
     # run
     workdir: Optional[str] = None     # None: weights/<task>_<n_layer> under the repository root
     eval_only: bool = False           # evaluate the latest checkpoint and stop
+    max_minutes: Optional[float] = None  # stop after the last whole epoch that fits in this many minutes (None: no limit)
     # several processes (hosts): jax.distributed; under SLURM and similar schedulers JAX finds these itself
     coordinator_address: Optional[str] = None  # host:port of process 0
     num_processes: Optional[int] = None
@@ -415,8 +416,14 @@ def run(config, load_dataset: Callable, devices=None):
     # 5. epochs: train, evaluate, record, checkpoint
     workdir.mkdir(parents=True, exist_ok=True)
     history = utils.read_history(history_file)
+    started = time.time()
     for epoch in range(start_epoch, config.epochs + 1):
         tic = time.time()
+        if config.max_minutes is not None and epoch > start_epoch and \
+                (tic - started) + (tic - started) / (epoch - start_epoch) > 60 * config.max_minutes:
+            say(f'stopping after epoch {epoch - 1}: another epoch would not end within --max_minutes={config.max_minutes:g}; '
+                f'the same command resumes')
+            return history
         order = train_order(n_train, config.seed, epoch)
         epoch_key = jax.random.fold_in(dropout_key, epoch)
         totals = None
