@@ -2,9 +2,17 @@
 import argparse
 import csv
 import dataclasses
+import difflib
+import errno
+import hashlib
+import inspect
+import io
 import logging
 import os
+import re
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -69,28 +77,85 @@ def _convert(name, text, kind):
 
 def apply_overrides(config, argv):
     """Return a copy of the dataclass `config` with `--name=value` arguments applied, each value
-    converted to the field's declared type. Anything else raises UserError listing the valid names."""
+    converted to the field's declared type. Anything else raises UserError; a misspelt name gets the
+    nearest valid one suggested."""
     fields = {f.name: f for f in dataclasses.fields(config)}
-    names = ', '.join(sorted(fields))
     hints = typing.get_type_hints(type(config))
     changes = {}
     for arg in argv:
         if not arg.startswith('--') or '=' not in arg:
-            raise UserError(f'cannot read argument {arg!r}: write --name=value; valid names: {names}')
+            raise UserError(f'cannot read argument {arg!r}: write --name=value (--help lists every setting)')
         name, text = arg[2:].split('=', 1)
         name = name.replace('-', '_')
         if name not in fields:
-            raise UserError(f'unknown setting --{name}; valid names: {names}')
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+            hint = f'; did you mean --{close[0]}?' if close else ''
+            raise UserError(f'unknown setting --{name}{hint} (--help lists every setting)')
         try:
             changes[name] = _convert(name, text, hints[name])
         except ValueError as error:
-            raise UserError(f'bad value for --{name}={text} ({error}); '
-                            f'{name} takes {_type_name(hints[name])}; valid names: {names}') from None
+            raise UserError(f'bad value for --{name}={text} ({error}); {name} takes {_type_name(hints[name])}') from None
     return dataclasses.replace(config, **changes)
 
 
 def _type_name(kind):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return ' or '.join('none' if a is type(None) else _type_name(a) for a in typing.get_args(kind))
     return getattr(kind, '__name__', str(kind).replace('typing.', ''))
+
+
+def field_notes(cls):
+    """{field: (group, comment)} read from the source of the dataclass `cls` and its bases: the comment
+    beside each field (and the comment lines under it), grouped by the section comment above it
+    ('# data', '# model', ...). Fields of a subclass without sections are the task's own."""
+    notes = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = textwrap.dedent(inspect.getsource(klass)).splitlines()
+        except (OSError, TypeError):
+            continue
+        comments = {}
+        for token in tokenize.generate_tokens(io.StringIO('\n'.join(lines)).readline):
+            if token.type == tokenize.COMMENT:
+                comments[token.start[0]] = (token.start[1], token.string.lstrip('#').strip())
+        body = next(i for i, line in enumerate(lines) if line.startswith('class ')) + 1
+        indent = min((len(line) - len(line.lstrip()) for line in lines[body:] if line.strip()), default=4)
+        group, last = 'this task', None
+        for number, line in enumerate(lines, start=1):
+            match = re.match(rf'^ {{{indent}}}(\w+)\s*:', line)
+            if match and match.group(1) in klass.__dataclass_fields__:
+                last = match.group(1)
+                notes[last] = (group, comments.get(number, (0, ''))[1])
+            elif number in comments and not line[:comments[number][0]].strip():  # a comment alone on its line
+                column, text = comments[number]
+                if column == indent:   # a section heading
+                    group, last = text.split(':')[0].strip(), None
+                elif last is not None:  # the comment of the field above goes on
+                    notes[last] = (notes[last][0], f'{notes[last][1]} {text}'.strip())
+    return notes
+
+
+def config_help(config, prog, about='', fixed=()):
+    """The --help text of a task script: every setting with its type, its value in this script's
+    configuration and its meaning, grouped as in the Config; the `fixed` ones are set by the task."""
+    notes, hints = field_notes(type(config)), typing.get_type_hints(type(config))
+    groups = {}
+    for field in dataclasses.fields(config):
+        group, comment = notes.get(field.name, ('this task', ''))
+        value = getattr(config, field.name)
+        shown = 'none' if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        comment += ' [fixed by this task]' if field.name in fixed else ''
+        groups.setdefault(group, []).append((f'--{field.name}', _type_name(hints[field.name]), shown, comment))
+    width = [max(len(row[i]) for rows in groups.values() for row in rows) for i in range(3)]
+    out = [f'usage: python {prog} [--name=value ...]', '']
+    out += [about.strip(), ''] if about.strip() else []
+    out += ['Every setting below can be given as --name=value; the value shown is this script\'s.']
+    for group, rows in groups.items():
+        out += ['', f'{group}:']
+        out += [f'  {n:<{width[0]}}  {t:<{width[1]}}  {v:<{width[2]}}  {c}'.rstrip() for n, t, v, c in rows]
+    return '\n'.join(out) + '\n'
 
 
 # ----------------------------------------------------------------------------- generator command lines
@@ -131,6 +196,19 @@ def run_generator(prog, write, interrupted='interrupted'):
 
 # ----------------------------------------------------------------------------- history
 
+def disk_full(error):
+    """Did `error` (an OSError, or orbax's wrapping of one) come from a full disk or quota?"""
+    return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or \
+        any(text in str(error) for text in ('No space left on device', 'Disk quota exceeded', "os_error_code='28'"))
+
+
+def no_space(folder, what, needed=None):
+    """The one line for a full disk."""
+    size = f' (about {needed / 2 ** 20:,.0f} MB needed)' if needed else ''
+    return UserError(f'no space left on the device of {folder} for {what}{size}: free some space there or give '
+                     f'another --workdir; the run resumes from its last complete checkpoint')
+
+
 def append_history(path, row):
     """Append one epoch's row (a dict) to a CSV file, writing the header first when the file is new
     (and rewriting the file when an older version of the code wrote other columns)."""
@@ -138,32 +216,55 @@ def append_history(path, row):
     rows = read_history(path)
     if rows and list(rows[0]) != list(row):
         write_history(path, rows, fieldnames=list(row))
-    with open(path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if not rows:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, 'a', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if not rows:
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        if disk_full(error):
+            raise no_space(path.parent, 'the history') from None
+        raise
 
 
 def write_history(path, rows, fieldnames):
-    """Replace a history file by `rows`, atomically (missing columns left empty)."""
-    tmp = Path(path).with_suffix('.csv.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames, restval='', extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Replace a history file by `rows`, atomically (missing columns left empty); a failed write leaves
+    the old file and no temporary one."""
+    path = Path(path)
+    tmp = path.with_suffix('.csv.tmp')
+    try:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames, restval='', extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if disk_full(error):
+            raise no_space(path.parent, 'the history') from None
+        raise
 
 
 def read_history(path):
-    """All rows of a history CSV as dicts of strings ([] when there is none)."""
+    """All rows of a history CSV as dicts of strings ([] when there is none). A row whose epoch is not a
+    whole number (a garbage line) stops with the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f'{path} is not a readable history ({error}): repair or delete it '
+                        f'(the checkpoints hold the run itself)') from None
+    for number, row in enumerate(rows, start=2):
+        if not str(row.get('epoch') or '').isdigit() or None in row:
+            raise UserError(f'{path}:{number}: malformed history row {",".join(map(str, row.values()))[:60]!r}: '
+                            f'repair or delete that line (the checkpoints hold the run itself)')
+    return rows
 
 
 def truncate_history(path, last_epoch):
@@ -245,6 +346,9 @@ def tfds_batches(name, split, data_dir, batch_size=1000):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# Each checkpoint is a folder named by the optimiser step: the state (orbax, written into a temporary
+# folder and renamed when complete) and a JSON `meta` with the epoch, the configuration and a checksum of
+# the state, verified on restore, so that a damaged checkpoint is never taken for a good one.
 
 _MANAGERS = {}
 
@@ -262,17 +366,66 @@ def _checkpoint_manager(directory, keep=2):
     return manager
 
 
-def save_checkpoint(directory, step, tree, meta):
-    """Write the pytree of arrays `tree` and the JSON-able dict `meta` as checkpoint `step`.
-    Orbax writes into a temporary folder and renames it when complete, so a crash never leaves a
-    half-written checkpoint that looks whole; the two newest checkpoints are kept. An existing
-    checkpoint `step` (a damaged one that a resume fell back from) is replaced: orbax would keep it."""
+def tree_checksum(tree):
+    """A digest of every leaf's path, dtype, shape and bytes."""
+    import jax
+    digest = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f'{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|'.encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _quiet_orbax():
+    """Orbax logs every failed write with a traceback from its own threads; the exception we raise says it."""
+    import contextlib
+    logger = logging.getLogger('absl')
+
+    @contextlib.contextmanager
+    def quiet():
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+    return quiet()
+
+
+def save_checkpoint(directory, step, tree, meta, primary=True):
+    """Write the pytree of arrays `tree` and the JSON-able dict `meta` (to which the step and the tree's
+    checksum are added) as checkpoint `step`; the two newest are kept. An existing checkpoint `step` (a
+    damaged one that a resume fell back from) is replaced: orbax would keep it. A full disk is one line,
+    checked before writing where it can be, and leaves no temporary folder."""
+    import shutil
+    import jax
     import orbax.checkpoint as ocp
+    directory = Path(directory)
+    needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree))
+    what = f'the checkpoint of step {step} (epoch {meta.get("epoch")})'
     manager = _checkpoint_manager(directory)
+    if primary and shutil.disk_usage(directory).free < needed:
+        raise no_space(directory, what, needed)
     if step in manager.all_steps():
         manager.delete(step)
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    meta = {**meta, 'step': int(step), 'checksum': tree_checksum(tree)}
+    try:
+        with _quiet_orbax():
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+            manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001 - orbax wraps the OSError in its own exceptions
+        if not disk_full(error):
+            raise
+        if primary:
+            for leftover in directory.glob('*.orbax-checkpoint-tmp*'):
+                shutil.rmtree(leftover, ignore_errors=True)
+        raise no_space(directory, what, needed) from None
+
+
+def open_checkpoints(directory):
+    """Create the folder's checkpoint manager now (a collective operation with several processes)."""
+    _checkpoint_manager(directory)
 
 
 def checkpoint_steps(directory):
@@ -282,16 +435,44 @@ def checkpoint_steps(directory):
     return sorted(_checkpoint_manager(directory).all_steps(), reverse=True)
 
 
+def delete_checkpoint(directory, step):
+    _checkpoint_manager(directory).delete(step)
+
+
+def _checked(meta, step):
+    if meta.get('step', step) != step:
+        raise ValueError(f'its metadata says step {meta.get("step")}, not {step}')
+    return meta
+
+
 def restore_meta(directory, step):
     import orbax.checkpoint as ocp
-    return _checkpoint_manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    meta = _checkpoint_manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return _checked(meta, step)
 
 
 def restore_checkpoint(directory, step, like):
-    """Restore checkpoint `step` into the structure, shapes and dtypes of the pytree `like`."""
+    """Restore checkpoint `step` into the structure, shapes and dtypes of the pytree `like`, verified
+    against the checksum saved with it (ValueError when they differ)."""
     import jax
     import orbax.checkpoint as ocp
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     restored = _checkpoint_manager(directory).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+    meta = _checked(restored['meta'], step)
+    if 'checksum' in meta and tree_checksum(restored['state']) != meta['checksum']:
+        raise ValueError('its state does not match the checksum saved with it')
+    return restored['state'], meta
+
+
+def newest_meta_json(directory):
+    """The `meta` of the newest checkpoint in `directory` read as plain JSON (no orbax, no JAX: usable
+    before the processes of a run have joined), or None."""
+    import json
+    steps = sorted((int(p.name) for p in Path(directory).glob('*') if p.name.isdigit()), reverse=True)
+    for step in steps:
+        try:
+            return json.loads((Path(directory) / str(step) / 'meta' / 'metadata').read_text())
+        except (OSError, ValueError):
+            continue
+    return None
