@@ -53,7 +53,7 @@ def main(argv):
     batch = {'inputs': np.random.default_rng(0).integers(1, 257, size=(1, length)).astype(np.uint16),
              'targets': np.array([1])}
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, batch, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, model, batch, steps_per_decay=1)
     p_train, _ = trainer.compile_steps(config, model.apply, device)
     state = trainer.replicate(state, device)
     sharded = trainer.shard(batch, 1)

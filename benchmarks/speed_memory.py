@@ -71,7 +71,7 @@ def prepare(config, attention, device):
              for name in names}
     batch['targets'] = rng.integers(0, config.num_classes, size=config.batch_size)
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, batch, steps_per_epoch=100)
+    state, _ = trainer.init_state(config, model, batch, steps_per_decay=100)
     p_train, _ = trainer.compile_steps(config, model.apply, [device])
     state, batch, key = trainer.replicate(state, [device]), trainer.shard(batch, 1), jax.random.PRNGKey(0)
     analysis = p_train.lower(state, batch, key).compile().memory_analysis()

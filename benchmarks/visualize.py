@@ -38,7 +38,7 @@ def restore_run(workdir):
     config = dataclasses.replace(getattr(module, TASKS[task][1]), **meta['config'])
     model = build_model(config)
     example = {'inputs': np.zeros((1, config.max_seq_len), np.int32), 'targets': np.zeros(1, np.int32)}
-    state, _ = trainer.init_state(config, model, example, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, model, example, steps_per_decay=1)
     tree, _ = trainer.restore_latest(checkpoints, trainer.state_to_tree(state, jax.random.PRNGKey(0)))
     return config, tree['params'], module.load_dataset
 

@@ -54,7 +54,8 @@ config = EmberConfig(
     batch_size=0,               # per device; 0: max(2^(16 - log2 T), 1)
     epochs=10,
     lr=1e-3,
-    lr_decay=0.85,              # per epoch
+    lr_decay=0.85,              # per decay_examples examples trained on
+    decay_examples=800_000,     # the original's EMBER script
     optimizer='adam',
     seed=0,
 )

@@ -32,7 +32,8 @@ config = Config(
     batch_size=2,               # per device
     epochs=20,
     lr=1e-3,
-    lr_decay=0.95,              # per epoch
+    lr_decay=0.95,              # per decay_examples examples trained on
+    decay_examples=60_000,      # 50,000 + 10,000: the original's Image script
     optimizer='adam',
     seed=0,
 )

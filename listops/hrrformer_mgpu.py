@@ -32,7 +32,8 @@ config = Config(
     batch_size=2,               # per device
     epochs=20,
     lr=1e-3,
-    lr_decay=0.9,               # per epoch
+    lr_decay=0.9,               # per decay_examples examples trained on
+    decay_examples=98_000,      # 96,000 + 2,000: the original's ListOps script
     optimizer='adam',
     seed=0,
 )

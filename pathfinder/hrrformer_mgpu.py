@@ -45,7 +45,8 @@ pathfinder32 = PathfinderConfig(
     batch_size=8,               # per device
     epochs=20,
     lr=1e-3,
-    lr_decay=0.95,              # per epoch
+    lr_decay=0.95,              # per decay_examples examples trained on
+    decay_examples=179_968,     # 160,000 + 19,968: the original's Pathfinder and Path-X scripts
     optimizer='adam',
     seed=0,
 )

@@ -36,7 +36,8 @@ config = Config(
     batch_size=4,               # per device
     epochs=20,
     lr=1e-3,
-    lr_decay=0.9,               # per epoch
+    lr_decay=0.9,               # per decay_examples examples trained on
+    decay_examples=164_480,     # 147,072 + 17,408: the original's Retrieval script
     optimizer='adam',
     seed=0,
 )

@@ -42,7 +42,7 @@ def test_one_train_step_at_2_to_the_15(devices):
     rng = np.random.default_rng(0)
     batch = {'inputs': rng.integers(0, 257, size=(4, 2 ** 15)).astype(np.uint16), 'targets': np.array([0, 1, 0, 1])}
     model = build_model(cfg)
-    state, _ = trainer.init_state(cfg, model, batch, steps_per_epoch=1)
+    state, _ = trainer.init_state(cfg, model, batch, steps_per_decay=1)
     p_train, _ = trainer.compile_steps(cfg, model.apply, devices)
     state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
     metrics = trainer.unreplicate(metrics)

@@ -43,7 +43,7 @@ def test_paper_configuration_trains_one_step(task, devices):
              for name in names}
     batch['targets'] = np.arange(4) % config.num_classes
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, batch, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, model, batch, steps_per_decay=1)
     if task == 'listops':  # the architecture, counted by hand
         e, layer = 512, 4 * 512 ** 2 + (512 * 256 + 256 + 256 * 512) + 2 * 512  # attention, MLP, LayerNorm
         embedding = 17 * e + 2000 * e + 2 * e                                      # tokens, positions, LayerNorm

@@ -68,7 +68,7 @@ def test_missing_archive_says_where_to_get_it(tmp_path):
 def test_the_two_towers_share_their_parameters(data_dir):
     config = config_for(data_dir, max_seq_len=64)
     train, _, _ = load_dataset(config)
-    state, _ = trainer.init_state(config, build_model(config), train, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, build_model(config), train, steps_per_decay=1)
     e, layer = 128, 4 * 128 ** 2 + (128 * 64 + 64 + 64 * 128) + 2 * 128  # attention, MLP, LayerNorm
     one_tower = 4 * layer + 257 * e + 2 * e                                # layers, tokens, LayerNorm
     assert trainer.count_params(state.params['encoder']) == one_tower

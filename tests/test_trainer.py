@@ -1,5 +1,7 @@
-"""The shared pmap trainer: device-count invariance, exact evaluation, resume, NaN batches, the paper config."""
+"""The shared pmap trainer's steps: device-count invariance, exact evaluation, the original's learning-rate
+schedules and NaN handling, the subset of examples it trains on, and the labels it accepts."""
 import dataclasses
+import importlib
 import shutil
 
 import jax
@@ -10,8 +12,7 @@ import pytest
 from flax.training import train_state
 
 import trainer
-import utils
-from conftest import FIXTURES
+from conftest import FIXTURES, majority_task
 from hrrformer import build_model
 from listops.dataset import load_dataset
 from utils import UserError
@@ -26,13 +27,10 @@ def data_dir(tmp_path):
     return str(shutil.copytree(FIXTURES / 'listops-1000', tmp_path / 'listops'))
 
 
-def splits(config):
-    return load_dataset(config)
-
-
 def train_two_steps(config, train, devices):
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, train, steps_per_epoch=2)
+    state, _ = trainer.init_state(config, model, train, steps_per_decay=2)
+    initial = state.params
     p_train, _ = trainer.compile_steps(config, model.apply, devices)
     state = trainer.replicate(state, devices)
     losses = []
@@ -40,18 +38,19 @@ def train_two_steps(config, train, devices):
         state, metrics = p_train(state, trainer.shard(batch, len(devices)), jax.random.PRNGKey(step))
         metrics = trainer.unreplicate(metrics)
         losses.append(float(metrics['loss'] / metrics['count']))
-    return trainer.unreplicate(state.params), losses
+    return initial, trainer.unreplicate(state.params), losses
 
 
 def test_four_devices_equal_one_device(devices, data_dir):
     config = dataclasses.replace(TINY, data_dir=data_dir)
-    train, _, _ = splits(config)
-    params4, losses4 = train_two_steps(config, train, devices)       # 4 devices x 2 examples
-    params1, losses1 = train_two_steps(config, train, devices[:1])   # 1 device x 8 examples
+    train, _, _ = load_dataset(config)
+    initial, params4, losses4 = train_two_steps(config, train, devices)    # 4 devices x 2 examples
+    _, params1, losses1 = train_two_steps(config, train, devices[:1])     # 1 device x 8 examples
     np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(params4), jax.tree.leaves(params1)):
+    for a, b, before in zip(jax.tree.leaves(params4), jax.tree.leaves(params1), jax.tree.leaves(initial)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert not np.allclose(losses4[0], losses4[1])  # the parameters did move
+    moved = [not np.allclose(a, before) for a, before in zip(jax.tree.leaves(params4), jax.tree.leaves(initial))]
+    assert sum(moved) >= len(moved) - 1  # every parameter moved (but perhaps an unused one)
 
 
 def test_run_loss_is_the_same_on_four_devices_and_one(devices, data_dir, tmp_path):
@@ -64,9 +63,9 @@ def test_run_loss_is_the_same_on_four_devices_and_one(devices, data_dir, tmp_pat
 
 def test_evaluation_counts_every_example_once(devices, data_dir):
     config = dataclasses.replace(TINY, data_dir=data_dir)
-    train, valid, test = splits(config)
+    train, valid, test = load_dataset(config)
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, train, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, model, train, steps_per_decay=1)
     _, p_eval = trainer.compile_steps(config, model.apply, devices)
     params = trainer.replicate(state.params, devices)
     for split in (valid, test):  # 7 and 9 examples, global batch 8
@@ -74,6 +73,20 @@ def test_evaluation_counts_every_example_once(devices, data_dir):
         predictions = np.argmax(model.apply({'params': state.params}, split['inputs']), -1)
         assert count == len(split['targets'])
         assert acc == pytest.approx(100 * np.mean(predictions == split['targets']))
+
+
+def test_padded_rows_never_count(devices):
+    """A model that always answers class 0, on 7 examples of class 1: the padding rows of the last batch
+    (zeros, so 'class 0') would be right if they counted."""
+    def apply_fn(variables, inputs, train):
+        return jnp.log(jax.nn.one_hot(jnp.zeros(inputs.shape[0], int), 3) * 0.98 + 0.01)
+    _, p_eval = trainer.compile_steps(dataclasses.replace(TINY, num_classes=3), apply_fn, devices)
+    split = {'inputs': np.ones((7, 4), np.int32), 'targets': np.ones(7, np.int32)}
+    params = trainer.replicate({}, devices)
+    assert trainer.evaluate(p_eval, params, split, 8, 4) == (0.0, 7)
+    split['targets'][:3] = 0
+    assert trainer.evaluate(p_eval, params, split, 8, 4) == (pytest.approx(100 * 3 / 7), 7)
+    assert trainer.evaluate(p_eval, params, split, 8, 4, n=2) == (100.0, 2)  # the first n only
 
 
 def test_eval_batches_pad_with_zero_weight():
@@ -91,96 +104,153 @@ def test_training_order_depends_on_seed_and_epoch_only():
     assert not np.array_equal(a, trainer.train_order(100, seed=1, epoch=1))
     batches = list(trainer.train_batches({'targets': np.arange(10)}, 4, np.arange(10)))
     assert len(batches) == 2  # the partial last batch is dropped
+    later = list(trainer.train_batches({'targets': np.arange(10)}, 4, np.arange(10)[::-1], first=1))
+    assert [b['targets'].tolist() for b in later] == [[2, 3, 4, 5]]  # from batch 1 on (a mid-epoch resume)
 
 
-def final_params(workdir, like):
-    steps = utils.checkpoint_steps(f'{workdir}/checkpoints')
-    tree, _ = utils.restore_checkpoint(f'{workdir}/checkpoints', steps[0], like)
-    return tree['params']
+class Recording(trainer.ArraySplit):
+    """A split that remembers every example index it was asked for."""
+
+    def __init__(self, arrays):
+        super().__init__(arrays)
+        self.asked = []
+
+    def batches(self, index_batches):
+        index_batches = [np.asarray(index) for index in index_batches]
+        self.asked += [index for index in index_batches]
+        return super().batches(index_batches)
 
 
-def test_resume_continues_with_the_same_state(data_dir, tmp_path, capsys):
-    config = dataclasses.replace(TINY, data_dir=data_dir, dropout_rate=0.1, epochs=2)
-    straight = trainer.run(dataclasses.replace(config, workdir=str(tmp_path / 'straight')), load_dataset)
-    stopped = dataclasses.replace(config, workdir=str(tmp_path / 'stopped'))
-    trainer.run(dataclasses.replace(stopped, epochs=1), load_dataset)
-    # a history row written just before a crash that lost its checkpoint is dropped on resume
-    utils.append_history(tmp_path / 'stopped' / 'history.csv', {**straight[0], 'epoch': 2, 'train_loss': -1})
-    capsys.readouterr()
-    resumed = trainer.run(stopped, load_dataset)
-    assert 'resumed from epoch 1' in capsys.readouterr().out
-    rows = utils.read_history(tmp_path / 'stopped' / 'history.csv')
-    assert [int(r['epoch']) for r in rows] == [1, 2]
-    assert float(rows[1]['train_loss']) == pytest.approx(straight[1]['train_loss'], rel=1e-6)
-    assert resumed[-1]['train_loss'] == straight[1]['train_loss']
-    train, _, _ = splits(config)
-    state, _ = trainer.init_state(config, build_model(config), train, 1)
-    like = trainer.state_to_tree(state, jax.random.PRNGKey(0))
-    for a, b in zip(jax.tree.leaves(final_params(tmp_path / 'stopped', like)),
-                    jax.tree.leaves(final_params(tmp_path / 'straight', like))):
-        np.testing.assert_array_equal(a, b)
+def test_only_the_first_train_examples_are_trained_on(tmp_path):
+    splits = [Recording(majority_task(n, seed=i)) for i, n in enumerate((100, 20, 20))]
+    config = dataclasses.replace(TINY, max_seq_len=15, vocab_size=3, num_classes=2, epochs=2, train_examples=37,
+                                 eval_examples=9, workdir=str(tmp_path / 'w'))
+    trainer.run(config, lambda _: splits)
+    train_asked = np.concatenate(splits[0].asked[1:])  # the first request is one example, to build the model
+    per_epoch = np.split(train_asked, 2)
+    for asked in per_epoch:  # 4 global batches of 8 of the 37: each example at most once, all of them below 37
+        assert len(asked) == 32 and len(set(asked.tolist())) == 32 and asked.max() < 37
+    assert set(np.concatenate(per_epoch).tolist()) == set(range(37))  # two epochs' orders cover all 37
+    for split in splits[1:]:
+        assert sorted(np.concatenate(split.asked).tolist()) == sorted(list(range(9)) * 2)  # valid/test: 9, per epoch
 
 
-def test_finished_run_stops_before_loading_data(data_dir, tmp_path, capsys):
-    config = dataclasses.replace(TINY, data_dir=data_dir, workdir=str(tmp_path / 'w'))
-    trainer.run(config, load_dataset)
+# ---------------------------------------------------------------- the learning-rate schedule of every task
 
-    def no_data(_):
-        raise AssertionError('a finished run must not load data')
-    capsys.readouterr()
-    trainer.run(config, no_data)
-    assert 'finished' in capsys.readouterr().out
-    last = utils.read_history(tmp_path / 'w' / 'history.csv')[-1]
-    evaluated = trainer.run(dataclasses.replace(config, eval_only=True), load_dataset)
-    assert evaluated[0]['test_acc'] == pytest.approx(float(last['test_acc']), abs=1e-3)
-    with pytest.raises(UserError, match='different model configuration.*embed_size=16 there, 32 here'):
-        trainer.run(dataclasses.replace(config, embed_size=32, epochs=2), load_dataset)
-    with pytest.raises(UserError, match='no checkpoint'):
-        trainer.run(dataclasses.replace(config, workdir=str(tmp_path / 'empty'), eval_only=True), load_dataset)
+SCRIPTS = {'listops': ('listops', 'config', 98_000, 0.9), 'text': ('text', 'config', 50_000, 0.9),
+           'retrieval': ('retrieval', 'config', 147_072 + 17_408, 0.9), 'image': ('image', 'config', 60_000, 0.95),
+           'pathfinder': ('pathfinder', 'pathfinder32', 160_000 + 19_968, 0.95),
+           'pathx': ('pathfinder', 'pathx', 160_000 + 19_968, 0.95), 'ember': ('ember', 'config', 800_000, 0.85)}
 
 
-def test_nan_batch_is_skipped_and_counted(devices):
+@pytest.mark.parametrize('task', sorted(SCRIPTS))
+def test_learning_rate_after_k_epochs_is_the_originals(task):
+    folder, name, N, rate = SCRIPTS[task]
+    config = getattr(importlib.import_module(f'{folder}.hrrformer_mgpu'), name)
+    assert (config.decay_examples, config.lr_decay, config.lr, config.end_lr) == (N, rate, 1e-3, 1e-5)
+    for n, global_batch in ((N // 2, 16), (24_000, 8), (1_600, 32)):  # fewer examples than N: the decay stays per example
+        _, schedule = trainer.make_optimizer(config, trainer.decay_steps(config, n, global_batch))
+        steps_per_epoch = n // global_batch
+        for k in (1, 2, 5, 20):
+            lr = float(schedule(k * steps_per_epoch))
+            # the original: optax.exponential_decay(1e-3, N // G, rate, transition_begin=1, end_value=1e-5)
+            original = max(1e-3 * rate ** ((k * steps_per_epoch - 1) / (N // global_batch)), 1e-5)
+            assert lr == pytest.approx(original, rel=1e-5)
+            assert lr == pytest.approx(max(1e-3 * rate ** (k * n / N), 1e-5), rel=2e-3)
+    assert float(schedule(0)) == float(schedule(1)) == pytest.approx(1e-3)  # transition_begin=1
+    unset = dataclasses.replace(config, decay_examples=None)  # unset: lr_decay per epoch of the examples used
+    _, schedule = trainer.make_optimizer(unset, trainer.decay_steps(unset, 800, 8))
+    assert float(schedule(1 + 3 * 100)) == pytest.approx(max(1e-3 * rate ** 3, 1e-5), rel=1e-6)
+
+
+def test_history_records_the_learning_rate_of_the_schedule(tmp_path):
+    config = dataclasses.replace(TINY, max_seq_len=15, vocab_size=3, num_classes=2, epochs=2, decay_examples=48,
+                                 lr_decay=0.5, workdir=str(tmp_path / 'w'))
+    rows = trainer.run(config, lambda _: (majority_task(96), majority_task(8, seed=1), majority_task(8, seed=2)))
+    # 96 examples, global batch 8: 12 steps per epoch, decay period 48 // 8 = 6 steps
+    assert [row['learning_rate'] for row in rows] == pytest.approx([1e-3 * 0.5 ** (11 / 6), 1e-3 * 0.5 ** (23 / 6)])
+
+
+# ---------------------------------------------------------------- NaN handling, as the original
+
+def nan_model(devices, loss='cross_entropy', tx=None):
+    """A linear model whose example i gives NaN when its first input is negative; one step of it."""
     def apply_fn(variables, inputs, train, rngs):
         logits = inputs[:, :3] * variables['params']['w']                          # (b, 3)
-        logits = jnp.where(inputs[:, :1] < 0, jnp.nan, logits)                     # a NaN example
+        return jax.nn.log_softmax(jnp.where(inputs[:, :1] < 0, jnp.nan, logits))
+    state = train_state.TrainState.create(apply_fn=apply_fn, params={'w': jnp.array([1., 2., 3.])},
+                                          tx=tx or optax.sgd(0.1))
+    p_train, _ = trainer.compile_steps(dataclasses.replace(TINY, num_classes=3, loss=loss,
+                                                           label_smoothing=0.0), apply_fn, devices)
+    return trainer.replicate(state, devices), p_train
+
+
+def batch_with_nan(rows):
+    inputs = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32) ** 2 + 0.1
+    inputs[rows, 0] = -1.0
+    return {'inputs': inputs, 'targets': np.arange(8) % 3}
+
+
+def test_a_nan_example_counts_zero_and_the_update_is_applied(devices):
+    state, p_train = nan_model(devices)
+    batch = batch_with_nan([5])
+    after, metrics = p_train(state, trainer.shard(batch, 4), jax.random.PRNGKey(0))
+    metrics = trainer.unreplicate(metrics)
+    assert (float(metrics['nan']), float(metrics['count'])) == (1, 8)
+    # by hand: the mean over all 8 examples of the cross-entropy, with example 5's set to 0 (the original's
+    # nan_to_num); plain SGD with learning rate 0.1
+
+    def loss(w):
+        log_probs = jax.nn.log_softmax(batch['inputs'] * w)
+        losses = -log_probs[np.arange(8), batch['targets']]
+        return jnp.sum(jnp.where(np.arange(8) == 5, 0., losses)) / 8
+    w = jnp.array([1., 2., 3.])
+    np.testing.assert_allclose(trainer.unreplicate(after.params)['w'], w - 0.1 * jax.grad(loss)(w), rtol=1e-5)
+    assert float(metrics['loss']) == pytest.approx(8 * float(loss(w)), rel=1e-5)  # the sum of the 7 others
+
+
+def test_an_all_nan_batch_is_a_zero_gradient_that_adam_still_counts(devices):
+    state, p_train = nan_model(devices, tx=optax.adam(0.1))
+    after, metrics = p_train(state, trainer.shard(batch_with_nan(list(range(8))), 4), jax.random.PRNGKey(0))
+    metrics = trainer.unreplicate(metrics)
+    assert (float(metrics['nan']), float(metrics['count']), float(metrics['loss'])) == (8, 8, 0)
+    after = trainer.unreplicate(after)
+    np.testing.assert_array_equal(after.params['w'], [1., 2., 3.])  # zero gradient: no move
+    assert int(after.step) == 1 and int(after.opt_state[0].count) == 1  # the step was applied
+
+
+@jax.custom_vjp
+def poison(x, flag):
+    """Identity forward; backward, NaN gradients for the rows where `flag` is set (the loss stays finite)."""
+    return x
+
+
+poison.defvjp(lambda x, flag: (x, flag), lambda flag, g: (jnp.where(flag, jnp.nan, g), None))
+
+
+@pytest.mark.parametrize('loss', ['cross_entropy', 'binary_cross_entropy'])
+def test_nan_gradients_are_zeroed_per_device_or_after_the_average(devices, loss):
+    """LRA scripts zero NaN gradients on each device, then average; the EMBER script (binary cross-entropy)
+    averages first, so one device's NaN zeroes the whole update."""
+    def apply_fn(variables, inputs, train, rngs):
+        logits = poison(inputs[:, :3] * variables['params']['w'], inputs[:, :1] < 0)
         return jax.nn.log_softmax(logits)
-    state = train_state.TrainState.create(apply_fn=apply_fn, params={'w': jnp.ones(3)}, tx=optax.sgd(0.1))
-    config = dataclasses.replace(TINY, num_classes=3)
+    state = train_state.TrainState.create(apply_fn=apply_fn, params={'w': jnp.array([1., 2., 3.])}, tx=optax.sgd(0.1))
+    config = dataclasses.replace(TINY, num_classes=3, loss=loss, label_smoothing=0.0)
     p_train, _ = trainer.compile_steps(config, apply_fn, devices)
-    state = trainer.replicate(state, devices)
-    good = {'inputs': np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32) ** 2,
-            'targets': np.arange(8) % 3}
-    bad = {'inputs': good['inputs'].copy(), 'targets': good['targets']}
-    bad['inputs'][5, 0] = -1.0
-    key = jax.random.PRNGKey(0)
-    after_bad, metrics = p_train(state, trainer.shard(bad, 4), key)
-    metrics = trainer.unreplicate(metrics)
-    assert float(metrics['skipped']) == 1 and float(metrics['count']) == 0
-    np.testing.assert_array_equal(trainer.unreplicate(after_bad.params)['w'], np.ones(3))  # no update
-    after_good, metrics = p_train(after_bad, trainer.shard(good, 4), key)
-    metrics = trainer.unreplicate(metrics)
-    assert float(metrics['skipped']) == 0 and float(metrics['count']) == 8 and np.isfinite(metrics['loss'])
-    assert not np.allclose(trainer.unreplicate(after_good.params)['w'], np.ones(3))  # training goes on
+    batch = batch_with_nan([2])  # device 1 holds examples 2 and 3
+    after, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
+    assert float(trainer.unreplicate(metrics)['nan']) == 0  # the losses are finite: only gradients are NaN
+    w = jnp.array([1., 2., 3.])
+    if loss == 'binary_cross_entropy':
+        np.testing.assert_array_equal(trainer.unreplicate(after.params)['w'], w)
+        return
 
-
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path, capsys):
-    config = dataclasses.replace(TINY, data_dir=data_dir, workdir=str(tmp_path / 'w'), epochs=2)
-    trainer.run(config, load_dataset)
-    for path in (tmp_path / 'w' / 'checkpoints' / '2' / 'state').rglob('*'):
-        if path.is_file() and path.stat().st_size > 0:
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn write
-    capsys.readouterr()
-    history = trainer.run(dataclasses.replace(config, epochs=3), load_dataset)
-    out, err = capsys.readouterr()
-    assert 'epoch 2 checkpoint' in err and 'cannot be read' in err
-    assert 'resumed from epoch 1' in out
-    assert [int(r['epoch']) for r in history] == [1, 2, 3]
-    assert utils.checkpoint_steps(tmp_path / 'w' / 'checkpoints') == [3, 2]
-    state = trainer.latest_meta(tmp_path / 'w' / 'checkpoints')
-    assert state['epoch'] == 3
-    train, _, _ = splits(config)
-    fresh, _ = trainer.init_state(config, build_model(config), train, 1)
-    utils.restore_checkpoint(tmp_path / 'w' / 'checkpoints', 2, trainer.state_to_tree(fresh, jax.random.PRNGKey(0)))
+    def device_loss(w, rows):  # each device's mean loss over its two examples
+        log_probs = jax.nn.log_softmax(batch['inputs'][rows] * w)
+        return -jnp.mean(log_probs[np.arange(2), batch['targets'][rows]])
+    grads = [jax.grad(device_loss)(w, np.arange(2 * d, 2 * d + 2)) for d in (0, 2, 3)]  # device 1's: zeroed
+    np.testing.assert_allclose(trainer.unreplicate(after.params)['w'], w - 0.1 * sum(grads) / 4, rtol=1e-5)
 
 
 def test_binary_cross_entropy_is_the_original_formula():
@@ -194,3 +264,23 @@ def test_binary_cross_entropy_is_the_original_formula():
     losses = trainer.per_example_loss(jnp.log(jnp.asarray(probs)), targets, 2, 0.0, 'binary_cross_entropy')
     np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
     assert float(losses[2]) > 40  # a confident wrong answer is clipped, not infinite
+
+
+# ---------------------------------------------------------------- labels and subsets
+
+def test_labels_outside_the_classes_stop_the_run(tmp_path):
+    bad = majority_task(32)
+    bad['targets'][3] = 5
+    config = dataclasses.replace(TINY, max_seq_len=15, vocab_size=3, num_classes=2, workdir=str(tmp_path / 'w'))
+    with pytest.raises(UserError, match='training labels run from 0 to 5, not within 0..1'):
+        trainer.run(config, lambda _: (bad, majority_task(8), majority_task(8)))
+
+
+def test_a_subset_of_a_split_ordered_by_class_is_refused(tmp_path):
+    ordered = majority_task(64)
+    order = np.argsort(ordered['targets'], kind='stable')
+    ordered = {key: value[order] for key, value in ordered.items()}
+    config = dataclasses.replace(TINY, max_seq_len=15, vocab_size=3, num_classes=2, workdir=str(tmp_path / 'w'))
+    with pytest.raises(UserError, match='first 24 test examples are all of class 0.*not be a fair sample'):
+        trainer.run(dataclasses.replace(config, eval_examples=24), lambda _: (majority_task(32), majority_task(8), ordered))
+    trainer.run(dataclasses.replace(config, eval_examples=3), lambda _: (majority_task(32), majority_task(8), ordered))

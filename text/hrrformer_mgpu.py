@@ -32,7 +32,8 @@ config = Config(
     batch_size=2,               # per device
     epochs=20,
     lr=1e-3,
-    lr_decay=0.9,               # per epoch
+    lr_decay=0.9,               # per decay_examples examples trained on
+    decay_examples=50_000,      # the original's Text script (twice the 25,000 training reviews)
     optimizer='adam',
     seed=0,
 )
