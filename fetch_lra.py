@@ -127,7 +127,7 @@ class Progress:
 def _content_range(header):
     """'bytes START-END/TOTAL' -> (START, TOTAL); 'bytes */TOTAL' -> (None, TOTAL); TOTAL None when '*'."""
     try:
-        unit, spec = header.split(' ', 1)
+        _, spec = header.split(' ', 1)
         span, total = spec.split('/')
         return (None if span == '*' else int(span.split('-')[0])), (None if total == '*' else int(total))
     except (AttributeError, ValueError):
