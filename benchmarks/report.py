@@ -16,7 +16,6 @@ width, a subset of the examples, another learning rate, ...) is listed apart wit
 "gen" marks generated data (ListOps, Pathfinder or Path-X without the LRA release in lra_release/,
 EMBER without --data_dir). Each run's training curves are drawn into its folder as curves.png.
 """
-import argparse
 import dataclasses
 import importlib
 import json

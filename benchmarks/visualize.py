@@ -6,7 +6,6 @@ pixels of an Image or Pathfinder test example, reshaped to the image, beside the
 The run folder alone is enough: the model's settings come from its newest checkpoint (fields an older
 checkpoint lacks take the task script's values), and its test split is loaded as for training.
 """
-import argparse
 import dataclasses
 import math
 import sys
