@@ -105,7 +105,7 @@ def run_settings(folder):
         return {'task': None}, 'no checkpoint, and the folder name names no task'
     changes = {'seed': int(match['seed'] or 0)}
     changes.update({'n_layer': int(match['layers'])} if match['layers'] else {'max_seq_len': int(match['length'])})
-    return dataclasses.asdict(dataclasses.replace(paper, **changes)), 'no checkpoint: settings unknown'
+    return dataclasses.asdict(dataclasses.replace(paper, **changes)), 'no checkpoint: settings unknown (the model and seed shown are read from the folder name)'
 
 
 def show(value):
@@ -156,12 +156,13 @@ def number(row, key):
 
 
 def summarise(rows):
-    """(test accuracy at the best validation epoch, at the last epoch, epochs) of a history, or None."""
+    """(test accuracy at the best validation epoch, at the last epoch, epochs, the best epoch) of a
+    history, or None when no epoch has both accuracies."""
     scored = [r for r in rows if number(r, 'valid_acc') is not None and number(r, 'test_acc') is not None]
     if not scored:
         return None
     best = max(scored, key=lambda r: number(r, 'valid_acc'))  # the first of equals: the earliest epoch
-    return number(best, 'test_acc'), number(scored[-1], 'test_acc'), len(rows)
+    return number(best, 'test_acc'), number(scored[-1], 'test_acc'), len(rows), int(best['epoch'])
 
 
 def collect(folders):
@@ -207,7 +208,7 @@ def cell(runs):
     span = f'{epochs[0]}' if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'
     gen = ', gen' if runs[0]['generated'] else ''
     if len(scored) == 1:
-        best, last, _ = scored[0]['summary']
+        best, last = scored[0]['summary'][:2]
         return f'{best:.2f} / {last:.2f} ({span} ep{gen})'
     mean, std, n = score(scored)
     seeds = [run['settings'].get('seed') for run in scored]
@@ -275,8 +276,8 @@ def report_lines(runs):
              '(their number, epochs). "gen": trained on generated data, not the LRA release.', '',
              '## Long Range Arena, paper configuration', ''] + lra_table(table)
     if table:
-        lines += ['', 'Run folders: ' + '; '.join(f'{name} {TITLES[task]}: {folders_of(runs)}'
-                                                  for (name, task), runs in table.items()) + '.']
+        lines += ['', 'Run folders:'] + [f'- {name}, {TITLES[task]}: {folders_of(runs)}'
+                                         for (name, task), runs in sorted(table.items())]
     if others:
         lines += ['', '## Path-X and EMBER, paper configuration', '', '| task | model | ours | paper | runs |',
                   '|---|---|---|---|---|']
@@ -315,12 +316,15 @@ def plot_curves(run, path=None):
     pad = max(0., 10. - (high - low)) / 2 + 1
     accuracy.set_ylim(max(0., low - pad), min(100., high + pad))
     accuracy.set_ylabel('accuracy (%)')
+    if run['summary']:  # the epoch whose test accuracy the report shows
+        accuracy.axvline(run['summary'][3], color='gray', linestyle=':', label='best validation')
     accuracy.legend()
     for ax in (loss, accuracy):
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.ticklabel_format(axis='y', useOffset=False)
-    fig.suptitle(f"{run['folder'].name}: {TITLES.get(settings.get('task'), settings.get('task'))}, "
+    task = settings.get('task') or 'unknown task'
+    fig.suptitle(f"{run['folder'].name}: {TITLES.get(task, task)}, "
                  f"{describe(settings)}, seed {settings.get('seed', '?')}")
     fig.tight_layout()
     fig.savefig(path or run['folder'] / 'curves.png', dpi=100)

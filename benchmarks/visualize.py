@@ -7,14 +7,13 @@ The run folder alone is enough: the model's settings come from its newest checkp
 checkpoint lacks take the task script's values), and its test split is loaded as for training.
 """
 import dataclasses
+import importlib
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py, beside this file
-
-import importlib  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -85,6 +84,7 @@ def draw(images, maps, labels, path, title):
             bar = fig.colorbar(shown, ax=axes[row, head + 1], fraction=0.046, pad=0.03)
             bar.ax.tick_params(labelsize=5)
             bar.formatter.set_powerlimits((-2, 2))  # weights near 1/T read as 1e-3 multiples
+            bar.ax.yaxis.get_offset_text().set_fontsize(5)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -123,7 +123,7 @@ def main(argv):
     maps = attention_maps(config, run.params, batch['inputs'].astype(np.int32), args.layer)
     side = maps.shape[-1]
     output = (args.output or Path(config.workdir) / 'weight_maps.png').expanduser().resolve()
-    title = (f'{Path(config.workdir).name}: {report.TITLES[config.task]}, layer {args.layer} of {config.n_layer}, '
+    title = (f'{Path(config.workdir).name}: {report.TITLES[config.task]}, --layer={args.layer} of {config.n_layer} layers, '
              f'{config.heads} heads, E {config.embed_size}, epoch {run.epoch}, seed {config.seed}')
     draw(batch['inputs'].reshape(-1, side, side), maps, batch['targets'], output, title)
     print(f'wrote {output}: {title}; {maps.shape[0]} examples x {maps.shape[1]} heads')

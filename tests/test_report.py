@@ -130,6 +130,7 @@ def test_curves_have_whole_epoch_ticks_and_a_loss_axis_from_zero(tmp_path):
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert loss.get_ylim()[0] == 0 and loss.get_ylim()[1] >= 0.69315
     assert accuracy.get_ylim()[1] - accuracy.get_ylim()[0] >= 10
+    assert [line.get_xdata()[0] for line in accuracy.lines if line.get_label() == 'best validation'] == [2]
     assert 'listops_6' in figure.texts[0].get_text()
     assert (tmp_path / 'curves.png').read_bytes()[:8] == PNG
 
@@ -242,7 +243,7 @@ def test_weight_maps_need_only_the_run_folder(pathfinder_run, tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # from another folder
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / 'maps.png').read_bytes()[:8] == PNG
-    assert 'run: Pathfinder, layer 0 of 2, 2 heads, E 16, epoch 1, seed 0; 2 examples x 2 heads' in done.stdout
+    assert 'run: Pathfinder, --layer=0 of 2 layers, 2 heads, E 16, epoch 1, seed 0; 2 examples x 2 heads' in done.stdout
 
 
 def test_weight_map_options_and_errors(pathfinder_run, tmp_path, capsys):
