@@ -58,8 +58,8 @@ def read_report(path):
     return sections
 
 
-def write_report(tmp_path):
-    report.main([f'--weights={tmp_path / "w"}', f'--output={tmp_path / "report.md"}'])
+def write_report(tmp_path, *extra):
+    report.main([f'--weights={tmp_path / "w"}', f'--output={tmp_path / "report.md"}', *extra])
     return read_report(tmp_path / 'report.md')
 
 
@@ -67,10 +67,12 @@ def test_report_puts_the_right_numbers_in_the_right_cells(tmp_path):
     w = tmp_path / 'w'
     make_run(w / 'listops_6', [(30.0, 31.0), (40.0, 38.5), (35.0, 39.9)], step=3)  # best valid: epoch 2
     make_run(w / 'image_1', [(45.0, 44.25), (47.5, 46.75)], step=2, n_layer=1)
-    rows = write_report(tmp_path)['Long Range Arena, paper configuration']
+    make_run(tmp_path / 'elsewhere' / 'text_6', [(60.0, 62.0)], step=1)  # a run outside --weights
+    rows = write_report(tmp_path, f'--workdir={tmp_path / "elsewhere" / "text_6"}')['Long Range Arena, paper configuration']
     assert list(next(iter(rows.values()))) == ['model', 'ListOps', 'Text', 'Retrieval', 'Image', 'Pathfinder', 'Avg']
     multi, single = rows['Hrrformer, multi-layer (ours)'], rows['Hrrformer, 1 layer (ours)']
     assert multi['ListOps'].startswith('38.50 / 39.90 (3 ep') and multi['Image'] == '-'
+    assert multi['Text'] == '62.00 / 62.00 (1 ep)'
     assert single['Image'] == '46.75 / 46.75 (2 ep)' and single['ListOps'] == '-' and single['Avg'] == '-'
     assert rows['Hrrformer, multi-layer (paper)']['ListOps'] == '39.98'
     assert rows['Hrrformer, 1 layer (paper)']['Avg'] == '59.97'
@@ -104,13 +106,16 @@ def test_a_reduced_run_is_shown_apart_with_what_differs(tmp_path):
     (w / 'pathfinder_2' / 'checkpoints' / '1').rename(w / 'pathfinder_2' / 'checkpoints' / '10')
     make_run(w / 'listops_3', [(30.0, 33.0)], step=1, n_layer=3)
     make_run(w / 'text_6', [(60.0, 62.0)])  # no checkpoint: its settings are not known
+    make_run(w / 'ember_T1024_seed3', [(60.0, 62.0)])  # EMBER's workdir names: the length, then the seed
     make_run(w / 'retrieval_4', [(70.0, 71.0)], step=1, drop=('end_lr', 'label_smoothing', 'max_minutes'))
     sections = write_report(tmp_path)
     table = sections['Long Range Arena, paper configuration']['Hrrformer, multi-layer (ours)']
     assert (table['ListOps'], table['Text'], table['Pathfinder'], table['Retrieval']) == \
         ('-', '-', '-', '71.00 / 71.00 (1 ep)')  # an older checkpoint's missing fields are the paper's
     apart = next(rows for title, rows in sections.items() if title.startswith('Runs that differ'))
-    assert set(apart) == {'pathfinder_2', 'listops_3', 'text_6'}
+    assert set(apart) == {'pathfinder_2', 'listops_3', 'text_6', 'ember_T1024_seed3'}
+    ember, _ = report.run_settings(w / 'ember_T1024_seed3')
+    assert (ember['task'], ember['max_seq_len'], ember['seed'], ember['n_layer']) == ('ember', 1024, 3, 1)
     assert apart['pathfinder_2']['differs from the paper in'] == \
         'embed_size=16 (paper: 1024); train_examples=100 (paper: all)'
     assert apart['pathfinder_2']['ours'].startswith('61.00 / 61.00 (1 ep')
@@ -235,6 +240,12 @@ def test_weight_maps_are_the_attention_weights_worked_out_by_hand(run_name, requ
     np.testing.assert_allclose(maps.reshape(3, 2, 1024), expected, rtol=2e-3, atol=0)  # pixel (r, c) at r*32+c
     deeper = visualize.attention_maps(run.config, run.params, ids, layer=1)
     assert not np.allclose(deeper.reshape(3, 2, 1024), expected, rtol=2e-3, atol=0)
+
+
+def test_report_reads_a_real_checkpoint(image_run):
+    settings, note = report.run_settings(image_run)
+    assert note is None and (settings['task'], settings['n_layer'], settings['embed_size']) == ('image', 2, 16)
+    assert report.paper_differences(settings) == ['n_layer=2 (paper: 3)', 'embed_size=16 (paper: 256)', 'heads=2 (paper: 4)']
 
 
 def test_weight_maps_need_only_the_run_folder(pathfinder_run, tmp_path):
