@@ -105,7 +105,8 @@ def run_settings(folder):
         return {'task': None}, 'no checkpoint, and the folder name names no task'
     changes = {'seed': int(match['seed'] or 0)}
     changes.update({'n_layer': int(match['layers'])} if match['layers'] else {'max_seq_len': int(match['length'])})
-    return dataclasses.asdict(dataclasses.replace(paper, **changes)), 'no checkpoint: settings unknown (the model and seed shown are read from the folder name)'
+    return dataclasses.asdict(dataclasses.replace(paper, **changes)), \
+        'no checkpoint: settings unknown (the model and seed shown are read from the folder name)'
 
 
 def show(value):

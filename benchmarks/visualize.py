@@ -123,8 +123,10 @@ def main(argv):
     maps = attention_maps(config, run.params, batch['inputs'].astype(np.int32), args.layer)
     side = maps.shape[-1]
     output = (args.output or Path(config.workdir) / 'weight_maps.png').expanduser().resolve()
-    title = (f'{Path(config.workdir).name}: {report.TITLES[config.task]}, --layer={args.layer} of {config.n_layer} layers, '
+    title = (f'{Path(config.workdir).name}: {report.TITLES[config.task]}, '
+             f'--layer={args.layer} of {config.n_layer} layers, '
              f'{config.heads} heads, E {config.embed_size}, epoch {run.epoch}, seed {config.seed}')
+    output.parent.mkdir(parents=True, exist_ok=True)
     draw(batch['inputs'].reshape(-1, side, side), maps, batch['targets'], output, title)
     print(f'wrote {output}: {title}; {maps.shape[0]} examples x {maps.shape[1]} heads')
 

@@ -34,7 +34,8 @@ def make_run(folder, accuracies, losses=None, step=None, drop=(), **changes):
     if step is not None:
         task = folder.name.split('_')[0]
         config = dataclasses.asdict(dataclasses.replace(report.paper_config(task), workdir=str(folder), **changes))
-        write_meta(folder, step, {'epoch': len(accuracies), 'config': {k: v for k, v in config.items() if k not in drop}})
+        config = {k: v for k, v in config.items() if k not in drop}
+        write_meta(folder, step, {'epoch': len(accuracies), 'config': config})
 
 
 def write_meta(folder, step, meta):
@@ -68,7 +69,8 @@ def test_report_puts_the_right_numbers_in_the_right_cells(tmp_path):
     make_run(w / 'listops_6', [(30.0, 31.0), (40.0, 38.5), (35.0, 39.9)], step=3)  # best valid: epoch 2
     make_run(w / 'image_1', [(45.0, 44.25), (47.5, 46.75)], step=2, n_layer=1)
     make_run(tmp_path / 'elsewhere' / 'text_6', [(60.0, 62.0)], step=1)  # a run outside --weights
-    rows = write_report(tmp_path, f'--workdir={tmp_path / "elsewhere" / "text_6"}')['Long Range Arena, paper configuration']
+    sections = write_report(tmp_path, f'--workdir={tmp_path / "elsewhere" / "text_6"}')
+    rows = sections['Long Range Arena, paper configuration']
     assert list(next(iter(rows.values()))) == ['model', 'ListOps', 'Text', 'Retrieval', 'Image', 'Pathfinder', 'Avg']
     multi, single = rows['Hrrformer, multi-layer (ours)'], rows['Hrrformer, 1 layer (ours)']
     assert multi['ListOps'].startswith('38.50 / 39.90 (3 ep') and multi['Image'] == '-'
@@ -245,7 +247,8 @@ def test_weight_maps_are_the_attention_weights_worked_out_by_hand(run_name, requ
 def test_report_reads_a_real_checkpoint(image_run):
     settings, note = report.run_settings(image_run)
     assert note is None and (settings['task'], settings['n_layer'], settings['embed_size']) == ('image', 2, 16)
-    assert report.paper_differences(settings) == ['n_layer=2 (paper: 3)', 'embed_size=16 (paper: 256)', 'heads=2 (paper: 4)']
+    assert report.paper_differences(settings) == \
+        ['n_layer=2 (paper: 3)', 'embed_size=16 (paper: 256)', 'heads=2 (paper: 4)']
 
 
 def test_weight_maps_need_only_the_run_folder(pathfinder_run, tmp_path):
