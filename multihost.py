@@ -111,7 +111,7 @@ def _watch(me, count):
         for peer in map(str, range(count)):
             if peer == str(me) or peer in done:
                 continue
-            if seen.get(peer, (None,))[0] != alive.get(peer):
+            if peer not in seen or seen[peer][0] != alive.get(peer):
                 seen[peer] = (alive.get(peer), now)
             elif now - seen[peer][1] > PEER_TIMEOUT:
                 _stop(f'process {peer} of {count} has given no sign of life for {PEER_TIMEOUT:.0f} s')

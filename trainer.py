@@ -328,7 +328,9 @@ def replicate(tree, devices):
 
 
 def unreplicate(tree):
-    return jax.tree.map(lambda x: x[0], tree)
+    """The copy on this process's first device. (Indexing the global array instead made a process whose
+    devices do not hold element 0 start a cross-process computation of its own, which its peers never joined.)"""
+    return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
 
 
 # ============================================================================ checkpoint
