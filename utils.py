@@ -202,11 +202,11 @@ def file_stamps(paths, base):
     for path in map(os.fspath, paths):
         try:
             stat = os.stat(path)
-            stamp = [stat.st_size, stat.st_mtime_ns]
+            stamp = (stat.st_size, stat.st_mtime_ns)
         except OSError:
             stamp = None
         relative = path[len(base):] if path.startswith(base) else os.path.relpath(path, base)  # fast for most
-        digest.update(json.dumps([relative, stamp]).encode() + b'\n')
+        digest.update(f'{relative!r} {stamp}\n'.encode())
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ metadata lines. A seeded 80/10/10 split; tokens are the pixel values (vocabulary
 Decoded once, cached as .npy (rebuilt when a metadata file or an image changes).
 Without data_dir and without the LRA release, a generated set is made once (pathfinder/generate.py).
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,9 @@ def metadata_lines(file):
 
 
 def read_metadata(directory):
-    """[(image path, label, 'file:line')] listed by every metadata file, in folder order, each image once,
-    and the number of repeated lines skipped (a repeat would count its image twice)."""
-    listed, first, repeats = [], {}, 0
+    """[(image path (str), label, 'file:line')] listed by every metadata file, in folder order, each image
+    once, and the number of repeated lines skipped (a repeat would count its image twice)."""
+    listed, first, repeats, base = [], {}, 0, str(directory)
     for file in metadata_files(directory):
         for number, line in enumerate(metadata_lines(file), start=1):
             fields = line.split()
@@ -66,7 +67,7 @@ def read_metadata(directory):
             if len(fields) < 4 or not fields[3].lstrip('-').isdigit():
                 raise UserError(f'{file}:{number}: malformed metadata line: expected '
                                 f'"imgs/<k> sample_<i>.png <i> <label> ...", found {line[:60]!r}')
-            path, label, where = directory / fields[0] / fields[1], int(fields[3]), f'{file}:{number}'
+            path, label, where = os.path.join(base, fields[0], fields[1]), int(fields[3]), f'{file}:{number}'
             if label not in (0, 1):
                 raise UserError(f'{where}: label {label} is not 0 or 1 (the markers are connected or not)')
             if path in first:
@@ -101,7 +102,7 @@ def read_images(listed, resolution, directory):
     """Every listed, non-empty image -> {'inputs' (N, res*res) uint8, 'targets' (N,) int32}."""
     inputs, targets, skipped = [], [], 0
     for path, label, where in listed:
-        if not path.is_file() or path.stat().st_size == 0:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
             skipped += 1  # LRA filters out empty images; a missing one is as unusable
             continue
         try:
