@@ -216,13 +216,13 @@ def _load_cache(files, key_file, key):
         saved = json.loads(key_file.read_text())
     except (OSError, ValueError):
         return None  # no key (or a cache older than keys): build
-    if saved.get('key') != key:
+    if not isinstance(saved, dict) or saved.get('key') != key:
         return None
     try:
         if any(path.stat().st_size != saved['sizes'][name] for name, path in files.items()):
             raise ValueError('a file has another size than the one written')
         return {name: np.load(path, allow_pickle=False) for name, path in files.items()}
-    except (OSError, ValueError, EOFError, KeyError) as error:
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as error:
         print(f'note: the cache {key_file.parent} is damaged ({type(error).__name__}: {error}); building it again')
         return None
 

@@ -1,5 +1,6 @@
 """The ListOps loader on files in the LRA archive's exact format (rows of the official generator)."""
 import dataclasses
+import json
 import os
 import shutil
 
@@ -156,3 +157,12 @@ def test_binary_or_non_utf8_file_is_one_line_naming_it(data_dir, data, problem):
     (data_dir / 'basic_val.tsv').write_bytes(data)
     with pytest.raises(UserError, match=problem):
         load_dataset(Config(data_dir=str(data_dir)))
+
+
+@pytest.mark.parametrize('key', ['[1, 2]', '{"key": 3', '', '{"sizes": null}'])
+def test_a_damaged_key_file_means_a_rebuild(data_dir, key):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    train, _, _ = load_dataset(config)
+    (data_dir / 'basic_train.T2000.key.json').write_text(key)
+    np.testing.assert_array_equal(load_dataset(config)[0]['targets'], train['targets'])
+    assert json.loads((data_dir / 'basic_train.T2000.key.json').read_text())['key']['settings']['max_seq_len'] == 2000
