@@ -1,5 +1,6 @@
 """Small helpers shared by every task: heads, paths, command-line overrides, history, checkpoints."""
 import argparse
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -7,6 +8,7 @@ import errno
 import hashlib
 import inspect
 import io
+import json
 import logging
 import os
 import re
@@ -281,6 +283,9 @@ def truncate_history(path, last_epoch):
 
 # ----------------------------------------------------------------------------- data caches
 
+CACHE_FORMAT = 2  # every cache key holds it: raise it when the layout of the cached arrays changes
+
+
 def save_npy(path, array):
     """np.save through a temporary file and a rename: a crash never leaves a half-written cache."""
     path = Path(path)
@@ -289,18 +294,62 @@ def save_npy(path, array):
     os.replace(tmp, path)
 
 
-def cached_arrays(files, build, describe, fresh=lambda path: True):
-    """A dict of arrays from the .npy `files` (key -> path) when all exist and are `fresh`; otherwise
-    `build()` makes them (saying `describe` first) and they are saved for next time."""
-    files = {key: Path(path) for key, path in files.items()}
-    if all(path.exists() and fresh(path) for path in files.values()):
-        return {key: np.load(path) for key, path in files.items()}
-    print(f'{describe} (once; cached as .npy in {next(iter(files.values())).parent}) ...', flush=True)
+def file_stamps(paths, base):
+    """A digest of each file's path (relative to `base`), size and modification time in ns (None when it
+    cannot be looked at): replacing a file changes it, even when cp -p, tar x or rsync -t keeps an old mtime."""
+    digest, base = hashlib.sha256(), os.fspath(base) + os.sep
+    for path in map(os.fspath, paths):
+        try:
+            stat = os.stat(path)
+            stamp = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            stamp = None
+        relative = path[len(base):] if path.startswith(base) else os.path.relpath(path, base)  # fast for most
+        digest.update(f'{relative!r} {stamp}\n'.encode())
+    return digest.hexdigest()
+
+
+def _load_cache(files, key_file, key):
+    """The cached arrays when the key file matches `key` and every .npy is whole; otherwise None."""
+    try:
+        saved = json.loads(key_file.read_text())
+    except (OSError, ValueError):
+        return None  # no key (or a cache older than keys): build
+    if not isinstance(saved, dict) or saved.get('key') != key:
+        return None
+    try:
+        if any(path.stat().st_size != saved['sizes'][name] for name, path in files.items()):
+            raise ValueError('a file has another size than the one written')
+        return {name: np.load(path, allow_pickle=False) for name, path in files.items()}
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as error:
+        print(f'note: the cache {key_file.parent} is damaged ({type(error).__name__}: {error}); building it again')
+        return None
+
+
+def cached_arrays(prefix, names, build, describe, settings, sources=()):
+    """A dict of arrays `names` from the caches <prefix>.<name>.npy when <prefix>.key.json says they were
+    built with these `settings` (JSON-able: length, split, resolution, a loader's format version ...) from
+    these `sources` (files, keyed on their size and mtime); otherwise `build()` makes them (saying
+    `describe` first) and they are saved for next time. A damaged cache is built again."""
+    prefix = Path(prefix)
+    files = {name: prefix.with_name(f'{prefix.name}.{name}.npy') for name in names}
+    key_file = prefix.with_name(prefix.name + '.key.json')
+    sources = list(sources)
+    key = json.loads(json.dumps({'format': CACHE_FORMAT, 'settings': settings, 'count': len(sources),
+                                 'sources': file_stamps(sources, prefix.parent)}))
+    arrays = _load_cache(files, key_file, key)
+    if arrays is not None:
+        return arrays
+    print(f'{describe} (once; cached as .npy in {prefix.parent}) ...', flush=True)
     arrays = build()
     try:
-        for key, path in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_npy(path, arrays[key])
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        key_file.unlink(missing_ok=True)  # arrays without their key are never trusted, even after a crash
+        for name, path in files.items():
+            save_npy(path, arrays[name])
+        tmp = key_file.with_name(key_file.name + '.tmp')
+        tmp.write_text(json.dumps({'key': key, 'sizes': {name: path.stat().st_size for name, path in files.items()}}))
+        os.replace(tmp, key_file)
     except OSError as error:
         print(f'note: cannot write the cache ({error}); it will be built again next time')
     return arrays
@@ -308,10 +357,37 @@ def cached_arrays(files, build, describe, fresh=lambda path: True):
 
 # ----------------------------------------------------------------------------- tensorflow-datasets
 
+def _folders(root, depth=4):
+    """root and the folders under it, `depth` levels down (tensorflow-datasets makes its own within 3)."""
+    level = [Path(root)] if Path(root).is_dir() else []
+    found = set(level)
+    for _ in range(depth):
+        level = [Path(entry.path) for folder in level for entry in _scan(folder) if entry.is_dir(follow_symlinks=False)]
+        found.update(level)
+    return found
+
+
+def _scan(folder):
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []
+
+
+def _remove_new_empty_folders(data_dir, before):
+    """Remove the folders that a failed attempt made (data_dir itself included) and left empty."""
+    for folder in sorted(_folders(data_dir) - before, key=lambda p: len(p.parts), reverse=True):  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (a partial download is kept)
+
+
 def tfds_batches(name, split, data_dir, batch_size=1000):
     """(features, labels) numpy batches of a tensorflow-datasets data set, downloaded and prepared
     into `data_dir` the first time. TensorFlow is imported here only: runs that find their .npy
-    cache never load it. Without network and without prepared data: one UserError line."""
+    cache never load it. Without network and without prepared data: one UserError line, no
+    progress bars, and no empty download folders left behind."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow's C++ start-up chatter ...
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # ... and its oneDNN notice (TF only decodes data here)
     logging.getLogger('urllib3').setLevel(logging.ERROR)  # one warning per retried download otherwise
@@ -327,6 +403,7 @@ def tfds_batches(name, split, data_dir, batch_size=1000):
     except RuntimeError:  # TensorFlow was already started in this process (e.g. by tests)
         pass
     absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.disable_progress_bar()  # its bars would surround the one error line (the caller says what it reads)
     try:
         from tensorflow_datasets.core.download import downloader
         # tfds retries a failed download 10 times with exponential back-off (3.5 minutes) before it
@@ -334,10 +411,15 @@ def tfds_batches(name, split, data_dir, batch_size=1000):
         downloader.MAX_RETRIES = min(getattr(downloader, 'MAX_RETRIES', 3), 3)
     except ImportError:
         pass
+    before = _folders(data_dir)
+    said = io.StringIO()  # tfds prints "Downloading and preparing ..." on stdout: shown only if that works
     try:
-        dataset = tfds.load(name, split=split, data_dir=str(data_dir), as_supervised=True, batch_size=batch_size)
+        with contextlib.redirect_stdout(said):
+            dataset = tfds.load(name, split=split, data_dir=str(data_dir), as_supervised=True, batch_size=batch_size)
+        print(said.getvalue(), end='', flush=True)
         yield from tfds.as_numpy(dataset)
     except Exception as error:  # noqa: BLE001 - download, network and format errors all end here
+        _remove_new_empty_folders(data_dir, before)
         reason = ' '.join(str(error).split())
         reason = reason if len(reason) <= 160 else reason[:160] + '...'
         raise UserError(f'cannot get {name} ({split}) through tensorflow-datasets into {data_dir} '

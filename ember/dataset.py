@@ -4,27 +4,33 @@ Layout: DATA/{train,test}/{benign,malware}/ with files anywhere below (folders w
 each gzip-compressed or raw, told apart by content (the gzip magic bytes), not by name. A file's
 first max_seq_len (decompressed) bytes become ids byte + 1 (pad 0, vocabulary 257), padded to
 exactly max_seq_len (the original padded to the longest file of a batch, which crashed its
-position table). Empty, unreadable and truncated-gzip files are found once, skipped and counted.
-A seeded tenth of train is held out for validation. The files do not fit in memory: batches are
-read in parallel by a PyTorch DataLoader whose workers come from a fork server (JAX is
-multithreaded, and a plain fork of its threads can deadlock).
+position table). Empty, unreadable and truncated-gzip files are found once, skipped and counted, as
+are hidden files and anything that is not a regular file. Both classes must be there in both splits.
+Each split's files are put in one fixed seeded order (so the first N are a fair sample), and a
+seeded share of train (valid_fraction, a tenth by default) is held out for validation. The files
+do not fit in memory: batches are read in parallel by a PyTorch DataLoader whose workers come from
+a fork server (JAX is multithreaded, and a plain fork of its threads can deadlock); the workers
+end themselves when the trainer dies, even by kill -9.
 """
 import gzip
-import hashlib
-import json
 import os
+import stat
+import threading
+import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from utils import UserError
+from utils import UserError, cached_arrays
 
 VOCAB_SIZE = 257
 NUM_CLASSES = 2
 CLASSES = {'benign': 0, 'malware': 1}
-VALID_FRACTION = 0.1
-SPLIT_SEED = 0  # the hold-out is fixed, whatever the training seed
+ORDER_SEED = 0  # every split's order, and so the hold-out, is fixed, whatever the training seed
+GENERATOR_FILES = ('signatures.csv',)  # what ember/generate.py writes beside the class folders
+CACHE_VERSION = 1  # raise when check_files changes what it caches
 GZIP_MAGIC = b'\x1f\x8b'
 
 
@@ -43,12 +49,46 @@ def read_ids(path, max_seq_len):
 
 
 def list_files(split_dir):
-    """[(path, label)] of every file under split_dir/benign and split_dir/malware, sorted."""
-    found = []
+    """[(path, label)] of the regular files under split_dir/benign and split_dir/malware (symlinks followed),
+    sorted, and how many entries were skipped: FIFOs, sockets and broken links (reading a FIFO would
+    wait forever), hidden files (.DS_Store, a generator's temporary files) and unreadable folders."""
+    found, skipped = [], []
     for name, label in CLASSES.items():
-        for root, _, files in os.walk(split_dir / name):
-            found += [(Path(root) / file, label) for file in files]
-    return sorted(found)
+        for root, folders, files in os.walk(split_dir / name, onerror=skipped.append):
+            folders[:] = [folder for folder in folders if not folder.startswith('.')]
+            for file in files:
+                path = Path(root) / file
+                if not file.startswith('.') and is_regular(path):
+                    found.append((path, label))
+                else:
+                    skipped.append(path)
+    return sorted(found), len(skipped)
+
+
+def is_regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def check_layout(split_dir):
+    """Both class folders, and nothing else that could hold examples: a file beside them has no label."""
+    try:
+        entries = sorted(entry.name for entry in os.scandir(split_dir) if not entry.name.startswith('.'))
+    except OSError as error:
+        raise UserError(f'cannot read {split_dir} ({error.strerror or error}): check its permissions') from None
+    others = [name for name in entries if name not in CLASSES and name not in GENERATOR_FILES]
+    for name in CLASSES:
+        if not (split_dir / name).is_dir():
+            found = f' (it holds {", ".join(others[:5])})' if others else ''
+            raise UserError(f'{split_dir / name} is missing{found}: the layout is DATA/{{train,test}}/{{benign,malware}}/ '
+                            f'(lower case; files anywhere below, raw or gzip); make a stand-in with '
+                            f'python ember/generate.py --output_dir DATA')
+    if others:
+        more = f' and {len(others) - 5} more' if len(others) > 5 else ''
+        raise UserError(f'{split_dir} holds {", ".join(others[:5])}{more} outside benign/ and malware/: their class '
+                        f'is unknown; move each into benign/ or malware/, or out of {split_dir}')
 
 
 class Reader:
@@ -95,11 +135,38 @@ def worker_context():
     return 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
 
 
+def alive(pid):
+    """Whether process `pid` runs: a killed process stays a zombie until its parent reaps it."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] not in (b'Z', b'X')  # the state follows the name
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def watch_trainer(pid, worker_id=None):
+    """worker_init_fn: a reader ends itself within a second once the trainer `pid` is gone. A reader's
+    parent is the fork server, not the trainer; after kill -9 of the trainer nobody would stop the
+    readers, and while they live the fork server and the resource tracker (whose pipes they hold) live too."""
+    def watch():
+        while alive(pid):
+            time.sleep(0.5)
+        os._exit(0)
+    threading.Thread(target=watch, name='watch-trainer', daemon=True).start()
+
+
 def make_loader(files, max_seq_len, batch_sampler, workers, persistent=False):
     """A DataLoader of numpy batches read by `workers` processes (0: in this process)."""
     from torch.utils.data import DataLoader  # imported only when files are read
     return DataLoader(Reader(files, max_seq_len), batch_sampler=batch_sampler, collate_fn=collate,
                       num_workers=workers, multiprocessing_context=worker_context() if workers else None,
+                      worker_init_fn=partial(watch_trainer, os.getpid()) if workers else None,
                       persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None)
 
 
@@ -118,64 +185,62 @@ class FileSplit:
         if self.loader is None:
             self.loader = make_loader(self.files, self.max_seq_len, self.sampler, self.workers, persistent=True)
         self.sampler.batches = list(index_batches)
-        for batch in self.loader:
-            batch.pop('ok')  # checked once when the split was made
+        for index, batch in zip(self.sampler.batches, self.loader):  # the loader keeps the batches' order
+            ok = batch.pop('ok')
+            if not ok.all():  # readable when the split was made, not any more: never train on a zero row
+                path = self.files[int(index[int(np.argmin(ok))])][0]
+                raise UserError(f'{path} became unreadable during the run; run again to check the files anew')
             yield batch
 
 
 def check_files(files, max_seq_len, workers):
-    """The files whose first max_seq_len bytes can be read."""
+    """{'ok': (N,) bool}: whether each file's first max_seq_len bytes can be read."""
     chunks = [list(range(s, min(s + 256, len(files)))) for s in range(0, len(files), 256)]
-    ok = [good for batch in make_loader(files, max_seq_len, chunks, workers) for good in batch['ok']]
-    return [file for file, good in zip(files, ok) if good]
+    return {'ok': np.asarray([good for batch in make_loader(files, max_seq_len, chunks, workers) for good in batch['ok']],
+                             dtype=bool).reshape(len(files))}
 
 
 def readable_files(split_dir, max_seq_len, workers):
-    """The readable files of a split, checked once per listing and length (cached beside the data)."""
-    files = list_files(split_dir)
-
-    def stamp(path):  # a file that cannot even be looked at gets no size
-        try:
-            return path.stat().st_size, path.stat().st_mtime_ns
-        except OSError:
-            return -1, -1
-    listing = hashlib.sha256(json.dumps([(str(p), *stamp(p), y) for p, y in files]).encode()).hexdigest()
-    cache = split_dir / f'.hrrformer_readable.T{max_seq_len}.json'
-    if cache.exists():
-        saved = json.loads(cache.read_text())
-        if saved.get('listing') == listing:
-            good = [(split_dir / path, label) for path, label in saved['files']]
-            return good, len(files) - len(good)
-    print(f'checking the {len(files)} files under {split_dir} (once) ...', flush=True)
-    good = check_files(files, max_seq_len, workers)
-    try:
-        tmp = cache.with_suffix('.tmp')
-        tmp.write_text(json.dumps({'listing': listing,
-                                   'files': [(str(p.relative_to(split_dir)), y) for p, y in good]}))
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only data folder: check again next time
-    return good, len(files) - len(good)
+    """The readable files of a split, in a fixed seeded order, and how many were skipped. Which files are
+    readable is found once per listing and length (cached beside the data, keyed on every file)."""
+    check_layout(split_dir)
+    files, skipped = list_files(split_dir)
+    ok = cached_arrays(split_dir / f'.hrrformer_readable.T{max_seq_len}', ('ok',),
+                       lambda: check_files(files, max_seq_len, workers), f'checking the {len(files)} files under {split_dir}',
+                       settings={'max_seq_len': max_seq_len, 'loader': CACHE_VERSION},
+                       sources=[path for path, _ in files])['ok']
+    good = [file for file, readable in zip(files, ok) if readable]
+    for name, label in CLASSES.items():
+        if not any(y == label for _, y in good):
+            raise UserError(f'no readable files in {split_dir / name}: both classes are needed to train and to '
+                            f'measure accuracy')
+    order = np.random.default_rng(ORDER_SEED).permutation(len(good))  # the files were sorted, so by class:
+    return [good[i] for i in order], skipped + len(files) - len(good)  # the first N of a split must be a fair sample
 
 
-def load_splits(data_dir, max_seq_len, workers):
-    """(train, valid, test) FileSplits of DATA/{train,test}/{benign,malware}."""
+def check_valid_fraction(value):
+    if not 0 <= value < 1:
+        raise UserError(f'--valid_fraction must be in [0, 1) (0: validate on test), not {value}')
+
+
+def load_splits(data_dir, max_seq_len, workers, valid_fraction=0.1):
+    """(train, valid, test) FileSplits of DATA/{train,test}/{benign,malware}: a seeded `valid_fraction` of
+    the training files is held out for validation; with 0, every training file is trained on and the test
+    split validates (the original's protocol)."""
     data_dir = Path(data_dir)
+    check_valid_fraction(valid_fraction)
     for split in ('train', 'test'):
-        if not any((data_dir / split / name).is_dir() for name in CLASSES):
-            raise UserError(f'{data_dir / split} has neither benign/ nor malware/: the layout is '
-                            f'DATA/{{train,test}}/{{benign,malware}}/ (files anywhere below, raw or gzip); '
-                            f'make a stand-in with python ember/generate.py --output_dir DATA')
+        if not (data_dir / split).is_dir():
+            raise UserError(f'{data_dir / split} is missing: the layout is DATA/{{train,test}}/{{benign,malware}}/ '
+                            f'(files anywhere below, raw or gzip); make a stand-in with '
+                            f'python ember/generate.py --output_dir DATA')
     train, skipped_train = readable_files(data_dir / 'train', max_seq_len, workers)
     test, skipped_test = readable_files(data_dir / 'test', max_seq_len, workers)
     if skipped_train + skipped_test:
-        print(f'skipped {skipped_train + skipped_test} empty, unreadable or truncated file(s) '
-              f'({skipped_train} in train, {skipped_test} in test)')
-    if not train or not test:
-        raise UserError(f'no readable files in {data_dir / ("train" if not train else "test")}')
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(train))
-    n_valid = max(1, int(VALID_FRACTION * len(train)))
-    held_out = set(order[:n_valid].tolist())
-    valid = [f for i, f in enumerate(train) if i in held_out]
-    train = [f for i, f in enumerate(train) if i not in held_out]
-    return tuple(FileSplit(files, max_seq_len, workers) for files in (train, valid, test))
+        print(f'skipped {skipped_train + skipped_test} file(s) or folder(s) that are empty, unreadable, truncated, '
+              f'hidden or not regular files ({skipped_train} in train, {skipped_test} in test)')
+    test = FileSplit(test, max_seq_len, workers)
+    if valid_fraction == 0:
+        return FileSplit(train, max_seq_len, workers), test, test
+    n_valid = max(1, int(valid_fraction * len(train)))  # the order is random already: hold out the first
+    return FileSplit(train[n_valid:], max_seq_len, workers), FileSplit(train[:n_valid], max_seq_len, workers), test

@@ -577,16 +577,22 @@ def _fraction(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description='Generate a stand-in for the EMBER raw binaries: DIR/{train,test}/{benign,malware}/ '
-                                 'with a planted signature in every malware file, and signatures.csv per split.')
-    parser.add_argument('--output_dir', required=True, help='folder for train/ and test/')
-    parser.add_argument('--count', type=integer_at_least(1), required=True, help='files in all, train and test together')
-    parser.add_argument('--length', type=integer_at_least(MIN_LENGTH), default=DEFAULT_LENGTH, help='bytes per file (2^17)')
-    parser.add_argument('--min_length', type=integer_at_least(MIN_LENGTH), default=None,
-                        help='if given, lengths are uniform over [min_length, length]')
-    parser.add_argument('--seed', type=integer_at_least(0), default=0, help='random seed (0)')
-    parser.add_argument('--test_fraction', type=_fraction, default=0.2, help='share of files in test/ (0.2)')
-    parser.add_argument('--gzip_fraction', type=_fraction, default=0.25, help='share of files gzip-compressed (0.25)')
-    parser.add_argument('--workers', type=integer_at_least(0), default=None, help='processes (default: one per CPU)')
+                                       'with a planted signature in every malware file, and signatures.csv per split.')
+    parser.add_argument('--output_dir', metavar='DIR', required=True, help='folder for train/ and test/ (required)')
+    parser.add_argument('--count', metavar='INT', type=integer_at_least(1), required=True,
+                        help='files in all, train and test together (required)')
+    parser.add_argument('--length', metavar='INT', type=integer_at_least(MIN_LENGTH), default=DEFAULT_LENGTH,
+                        help=f'bytes per file, at least {MIN_LENGTH} (default: %(default)s = 2^17)')
+    parser.add_argument('--min_length', metavar='INT', type=integer_at_least(MIN_LENGTH), default=None,
+                        help='if given, lengths are uniform over [min_length, length] (default: none, all of --length)')
+    parser.add_argument('--seed', metavar='INT', type=integer_at_least(0), default=0,
+                        help='random seed; the same seed gives the same files (default: %(default)s)')
+    parser.add_argument('--test_fraction', metavar='FLOAT', type=_fraction, default=0.2,
+                        help='share of files in test/, in [0, 1] (default: %(default)s)')
+    parser.add_argument('--gzip_fraction', metavar='FLOAT', type=_fraction, default=0.25,
+                        help='share of files gzip-compressed, in [0, 1] (default: %(default)s)')
+    parser.add_argument('--workers', metavar='INT', type=integer_at_least(0), default=None,
+                        help='processes; 0 or 1: write in this process (default: one per CPU)')
     args = parser.parse_args(argv)
     return run_generator(parser.prog, lambda: write_dataset(
         args.output_dir, count=args.count, length=args.length, seed=args.seed, test_fraction=args.test_fraction,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from anywhere
 
-from ember.dataset import NUM_CLASSES, VOCAB_SIZE, load_splits  # noqa: E402
+from ember.dataset import NUM_CLASSES, VOCAB_SIZE, check_valid_fraction, load_splits  # noqa: E402
 from trainer import Config, main  # noqa: E402
 from utils import ROOT  # noqa: E402
 
@@ -31,6 +31,8 @@ class EmberConfig(Config):
     loader_workers: int = min(8, os.cpu_count() or 1)  # processes reading files (0: in this process)
     generate_count: int = 10_000      # files of the generated stand-in (train and test together)
     generate_length: int = 2 ** 17    # bytes per generated file
+    valid_fraction: float = 0.1       # share of train held out (seeded) to validate each epoch; 0: train on
+                                      # every training file and validate on test, as the original did
 
 
 config = EmberConfig(
@@ -71,13 +73,14 @@ def complete(config):
 
 
 def load_dataset(config):
+    check_valid_fraction(config.valid_fraction)  # before minutes of generating a stand-in
     data_dir = Path(config.data_dir).expanduser().resolve() if config.data_dir else GENERATED_DIR
     if config.data_dir is None and not all((data_dir / split / 'signatures.csv').exists() for split in ('train', 'test')):
         from ember.generate import write_dataset
         print(f'no --data_dir: generating a stand-in of {config.generate_count} files of {config.generate_length} '
               f'bytes once into {data_dir} (ember/generate.py) ...', flush=True)
         write_dataset(data_dir, count=config.generate_count, length=config.generate_length, seed=0)
-    return load_splits(data_dir, config.max_seq_len, config.loader_workers)
+    return load_splits(data_dir, config.max_seq_len, config.loader_workers, config.valid_fraction)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Accuracy and time against sequence length, like the paper's Figure 1: EMBER trained at T = 2^8 ... 2^k.
 
-    python ember/sweep.py [--min_power=8] [--max_power=17] [--output_dir=DIR] [--name=value ...]
+    python ember/sweep.py [--min_power=8] [--max_power=17] [--output_dir=DIR] [--name=value ...]   (--help)
 
 Every other --name=value is passed to each run of ember/hrrformer_mgpu.py (e.g. --epochs=2,
 --data_dir=DATA). Each length trains in its own process and workdir (DIR/T<T>), so a sweep that is
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from anywhere
 
-from utils import ROOT, read_history  # noqa: E402
+from utils import ROOT, OneLineParser, integer_at_least, read_history  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / 'hrrformer_mgpu.py'
 COLUMNS = ['length', 'status', 'epochs', 'test_acc', 'valid_acc', 'seconds_per_epoch', 'examples_per_second',
@@ -23,23 +23,24 @@ COLUMNS = ['length', 'status', 'epochs', 'test_acc', 'valid_acc', 'seconds_per_e
 
 
 def parse(argv):
-    """Sweep options, and the overrides passed on to every run."""
-    options = {'min_power': 8, 'max_power': 17, 'output_dir': str(ROOT / 'weights' / 'ember_sweep')}
-    passed = []
-    for arg in argv:
-        name, _, value = arg[2:].partition('=')
-        if arg.startswith('--') and name in options and value:
-            try:
-                options[name] = value if name == 'output_dir' else int(value)
-            except ValueError:
-                raise SystemExit(f'error: --{name} takes a whole number, not {value!r}') from None
-        elif arg.startswith('--') and '=' in arg:
-            passed.append(arg)
-        else:
-            raise SystemExit(f'error: cannot read {arg!r}: write --name=value '
-                             f'(sweep options: --min_power, --max_power, --output_dir; anything else goes to each run)')
-    if not 1 <= options['min_power'] <= options['max_power']:
-        raise SystemExit('error: need 1 <= --min_power <= --max_power')
+    """Sweep options, and the --name=value overrides passed on to every run."""
+    parser = OneLineParser(
+        description='Train EMBER at T = 2^min_power ... 2^max_power, each length in its own process and workdir, '
+                    'and tabulate accuracy, time and memory against length.', allow_abbrev=False,
+        epilog='Every other --name=value is passed on to each run of ember/hrrformer_mgpu.py (any field of its '
+               'configuration, e.g. --epochs=2 --data_dir=DATA --batch_size=4); see its docstring.')
+    parser.add_argument('--min_power', metavar='INT', type=integer_at_least(1), default=8,
+                        help='shortest length, as a power of 2 (default: %(default)s, T = 256)')
+    parser.add_argument('--max_power', metavar='INT', type=integer_at_least(1), default=17,
+                        help='longest length, as a power of 2 (default: %(default)s, T = 131072)')
+    parser.add_argument('--output_dir', metavar='DIR', default=str(ROOT / 'weights' / 'ember_sweep'),
+                        help='folder for sweep.csv, sweep.png and each length\'s workdir T<T> (default: %(default)s)')
+    options, passed = parser.parse_known_args(argv)
+    for arg in passed:
+        if not arg.startswith('--') or '=' not in arg:
+            parser.error(f'cannot read {arg!r}: write --name=value (anything but the sweep\'s own options goes to each run)')
+    if options.min_power > options.max_power:
+        parser.error('need --min_power <= --max_power')
     return options, passed
 
 
@@ -79,10 +80,10 @@ def plot(rows, path):
 
 def main(argv):
     options, passed = parse(argv)
-    output = Path(options['output_dir']).expanduser().resolve()
+    output = Path(options.output_dir).expanduser().resolve()
     output.mkdir(parents=True, exist_ok=True)
     rows = []
-    for power in range(options['min_power'], options['max_power'] + 1):
+    for power in range(options.min_power, options.max_power + 1):
         length = 2 ** power
         workdir = output / f'T{length}'
         print(f'=== T = {length} (2^{power}) -> {workdir}', flush=True)

@@ -14,6 +14,7 @@ from utils import ROOT, UserError, cached_arrays, tfds_batches
 VOCAB_SIZE = 256
 NUM_CLASSES = 10
 DEFAULT_DATA_DIR = ROOT / 'data' / 'tensorflow_datasets'
+CACHE_VERSION = 1  # raise when read_split changes what it caches
 SPLITS = {'train': 'train[:90%]', 'valid': 'train[90%:]', 'test': 'test'}
 _RGB_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # TensorFlow's, as float32
 
@@ -42,7 +43,8 @@ def load_dataset(config):
         raise UserError(f'CIFAR-10 images are 1024 pixels long: --max_seq_len must be 1024, not {config.max_seq_len}')
 
     def load(name):
-        files = {key: data_dir / 'npy' / f'cifar10_gray.{name}.{key}.npy' for key in ('inputs', 'targets')}
-        return cached_arrays(files, lambda: read_split(SPLITS[name], data_dir),
-                             f'reading cifar10 {SPLITS[name]} from tensorflow-datasets in {data_dir}')
+        return cached_arrays(data_dir / 'npy' / f'cifar10_gray.{name}', ('inputs', 'targets'),
+                             lambda: read_split(SPLITS[name], data_dir),
+                             f'reading cifar10 {SPLITS[name]} from tensorflow-datasets in {data_dir}',
+                             settings={'data': 'cifar10', 'split': SPLITS[name], 'loader': CACHE_VERSION})
     return load('train'), load('valid'), load('test')

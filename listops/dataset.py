@@ -21,6 +21,7 @@ VOCAB_SIZE = len(TOKENS) + 2  # 17
 NUM_CLASSES = 10
 LRA_DIR = ROOT / 'lra_release' / 'listops-1000'
 GENERATED_DIR = ROOT / 'data' / 'listops-1000'
+CACHE_VERSION = 1  # raise when read_tsv changes what it caches
 
 
 def tokenize(expression):
@@ -45,41 +46,61 @@ def read_tsv(path, max_seq_len):
     """One split file -> (inputs (N, max_seq_len) uint8, targets (N,) int32). A malformed row stops with
     the file name and line number."""
     inputs, targets = [], []
-    with open(path, encoding='utf-8', newline='') as f:
-        header = f.readline().rstrip('\r\n')
-        if header != HEADER:
-            raise UserError(f'{path}:1: expected the header {HEADER!r}, found {header[:40]!r}: not a ListOps TSV file')
-        for number, line in enumerate(f, start=2):
-            line = line.rstrip('\r\n')
-            if not line:
-                continue
-            fields = line.split('\t')
-            try:
-                if len(fields) != 2:
-                    raise ValueError(f'{len(fields)} tab-separated fields instead of 2 (Source, Target)')
-                target = int(fields[1])
-                if not 0 <= target < NUM_CLASSES:
-                    raise ValueError(f'target {target} is not a digit 0-9')
-                tokens = tokenize(fields[0])
-            except KeyError as error:
-                raise UserError(f'{path}:{number}: unknown token {error.args[0]!r} in the expression') from None
-            except ValueError as error:
-                raise UserError(f'{path}:{number}: malformed row: {error}') from None
-            inputs.append(pad(tokens, max_seq_len))
-            targets.append(target)
+    try:
+        with open(path, 'rb') as f:
+            for number, raw in enumerate(f, start=1):
+                line = decode_line(path, number, raw)
+                if number == 1:
+                    if line != HEADER:
+                        raise UserError(f'{path}:1: expected the header {HEADER!r}, found {line[:40]!r}: '
+                                        f'not a ListOps TSV file')
+                elif line:
+                    target, tokens = parse_row(path, number, line)
+                    inputs.append(pad(tokens, max_seq_len))
+                    targets.append(target)
+    except OSError as error:
+        raise UserError(f'cannot read {path} ({error.strerror or error}): check the file and its permissions') from None
     if not targets:
         raise UserError(f'{path} has no examples')
     return np.stack(inputs), np.asarray(targets, dtype=np.int32)
 
 
-def load_split(path, max_seq_len):
-    """A split's arrays from the .npy cache beside `path`, (re)built when missing or older than the TSV."""
-    files = {key: path.with_name(f'{path.stem}.T{max_seq_len}.{key}.npy') for key in ('inputs', 'targets')}
+def decode_line(path, number, raw):
+    """A line's bytes -> its text without the line ending; binary or non-UTF-8 data stops with file:line."""
+    try:
+        line = raw.decode('utf-8').rstrip('\r\n')
+    except UnicodeDecodeError as error:
+        raise UserError(f'{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}): '
+                        f'the LRA ListOps files are text; is this the right file?') from None
+    if '\0' in line:
+        raise UserError(f'{path}:{number}: a NUL byte: this is a binary file, not a ListOps TSV file')
+    return line
 
+
+def parse_row(path, number, line):
+    """'expression<TAB>target' -> (target, token ids)."""
+    fields = line.split('\t')
+    try:
+        if len(fields) != 2:
+            raise ValueError(f'{len(fields)} tab-separated fields instead of 2 (Source, Target)')
+        target = int(fields[1])
+        if not 0 <= target < NUM_CLASSES:
+            raise ValueError(f'target {target} is not a digit 0-9')
+        return target, tokenize(fields[0])
+    except KeyError as error:
+        raise UserError(f'{path}:{number}: unknown token {error.args[0]!r} in the expression') from None
+    except ValueError as error:
+        raise UserError(f'{path}:{number}: malformed row: {error}') from None
+
+
+def load_split(path, max_seq_len):
+    """A split's arrays from the .npy cache beside `path`, (re)built when the file or the length changed."""
     def build():
         inputs, targets = read_tsv(path, max_seq_len)
         return {'inputs': inputs, 'targets': targets}
-    return cached_arrays(files, build, f'tokenizing {path}', fresh=lambda c: c.stat().st_mtime >= path.stat().st_mtime)
+    return cached_arrays(path.with_name(f'{path.stem}.T{max_seq_len}'), ('inputs', 'targets'), build,
+                         f'tokenizing {path}', settings={'max_seq_len': max_seq_len, 'loader': CACHE_VERSION},
+                         sources=[path])
 
 
 def default_data_dir():

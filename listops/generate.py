@@ -420,12 +420,18 @@ def write_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Generate the LRA ListOps TSV files (basic_{train,val,test}.tsv).")
-    parser.add_argument("--output_dir", required=True, help="directory for the three files")
-    parser.add_argument("--train", type=integer_at_least(0), default=96000, help="training rows")
-    parser.add_argument("--valid", type=integer_at_least(0), default=2000, help="validation rows")
-    parser.add_argument("--test", type=integer_at_least(0), default=2000, help="test rows")
-    parser.add_argument("--seed", type=integer_at_least(0), default=0, help="random seed")
-    parser.add_argument("--workers", type=integer_at_least(0), default=None, help="processes (default: automatic)")
+    parser.add_argument("--output_dir", metavar="DIR", required=True,
+                        help="directory for the three files (required)")
+    parser.add_argument("--train", metavar="INT", type=integer_at_least(0), default=96000,
+                        help="training rows (default: %(default)s)")
+    parser.add_argument("--valid", metavar="INT", type=integer_at_least(0), default=2000,
+                        help="validation rows (default: %(default)s)")
+    parser.add_argument("--test", metavar="INT", type=integer_at_least(0), default=2000,
+                        help="test rows (default: %(default)s)")
+    parser.add_argument("--seed", metavar="INT", type=integer_at_least(0), default=0,
+                        help="random seed; the same seed gives the same files (default: %(default)s)")
+    parser.add_argument("--workers", metavar="INT", type=integer_at_least(0), default=None,
+                        help="processes; 0 or 1: in this process (default: 1 for small sets, else up to 4)")
     args = parser.parse_args(argv)
     return run_generator(parser.prog, lambda: write_dataset(args.output_dir, args.train, args.valid, args.test,
                                                             args.seed, True, args.workers))

@@ -822,15 +822,19 @@ def write_dataset(output_dir, resolution: int = 32, difficulty: str = 'hard', co
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description='Generate Pathfinder images in the LRA layout '
-                                 '(<output_dir>/pathfinder<res>/<difficulty dir>/{imgs,metadata}).')
-    parser.add_argument('--output_dir', required=True, help='directory that gets pathfinder<res>/')
+                                       '(<output_dir>/pathfinder<res>/<difficulty dir>/{imgs,metadata}).')
+    parser.add_argument('--output_dir', metavar='DIR', required=True,
+                        help='directory that gets pathfinder<res>/ (required)')
     parser.add_argument('--resolution', type=int, choices=RESOLUTIONS, default=32,
-                        help='32 (Pathfinder) or 128 (Path-X)')
+                        help='image side in pixels: 32 (Pathfinder) or 128 (Path-X) (default: %(default)s)')
     parser.add_argument('--difficulty', choices=tuple(DIFFICULTY_DIRS), default='hard',
-                        help='contour length 6, 9 or 14')
-    parser.add_argument('--count', type=integer_at_least(1), required=True, help='number of images')
-    parser.add_argument('--seed', type=integer_at_least(0), default=0, help='random seed')
-    parser.add_argument('--workers', type=integer_at_least(1), default=None, help='processes (default: automatic)')
+                        help='paths of 6, 9 or 14 paddles (default: %(default)s, as LRA)')
+    parser.add_argument('--count', metavar='INT', type=integer_at_least(1), required=True,
+                        help='number of images (required)')
+    parser.add_argument('--seed', metavar='INT', type=integer_at_least(0), default=0,
+                        help='random seed; the same seed gives the same images (default: %(default)s)')
+    parser.add_argument('--workers', metavar='INT', type=integer_at_least(1), default=None,
+                        help='processes (default: 1 below 2000 images, else one per CPU)')
     args = parser.parse_args(argv)
     return run_generator(parser.prog, lambda: write_dataset(args.output_dir, args.resolution, args.difficulty,
                                                             args.count, args.seed, args.workers))

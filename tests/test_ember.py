@@ -1,8 +1,11 @@
 """EMBER end to end: the script on generated data, its length-dependent batch, T = 2^15, the sweep."""
 import csv
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -70,7 +73,7 @@ def test_sweep_writes_its_table_and_plot(data_dir, tmp_path):
     assert all(0 <= float(r['test_acc']) <= 100 and float(r['peak_memory_mb']) > 0 for r in rows)
     assert (tmp_path / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     bad = run(ROOT / 'ember' / 'sweep.py', '--max_power=x')
-    assert bad.returncode != 0 and 'takes a whole number' in bad.stderr
+    assert bad.returncode == 2 and "--max_power: expected an integer >= 1, got 'x'" in bad.stderr
 
 
 def test_without_data_dir_a_stand_in_is_generated_once(tmp_path, monkeypatch, capsys):
@@ -82,3 +85,56 @@ def test_without_data_dir_a_stand_in_is_generated_once(tmp_path, monkeypatch, ca
     assert (len(train) + len(valid), len(test)) == (19, 5)  # a fifth (rounded up) for test
     script.load_dataset(small)
     assert 'generating' not in capsys.readouterr().out
+
+
+def descendants(pid):
+    """Every process below `pid`, from /proc (ppid is the 4th field of /proc/<pid>/stat)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{entry}/stat', 'rb') as f:
+                ppid = int(f.read().rsplit(b')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def running(pid):
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as f:
+            return f.read().rsplit(b')', 1)[1].split()[0] not in (b'Z', b'X')  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='finds the processes through /proc (Linux)')
+def test_kill_9_of_the_trainer_ends_its_readers(data_dir, tmp_path):
+    trainer_run = subprocess.Popen(
+        [sys.executable, str(ROOT / 'ember' / 'hrrformer_mgpu.py'), f'--data_dir={data_dir}', '--max_seq_len=1024',
+         '--batch_size=2', '--epochs=1000', '--loader_workers=2', f'--workdir={tmp_path}/w'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    below = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(below) < 4 and time.monotonic() < deadline:  # fork server, resource tracker, 2 readers
+            assert trainer_run.poll() is None, 'the training run ended by itself'
+            time.sleep(0.5)
+            below = [pid for pid in descendants(trainer_run.pid) if running(pid)]
+        assert len(below) >= 4, f'the readers never started: {below}'
+        trainer_run.kill()
+        trainer_run.wait()
+        deadline = time.monotonic() + 10
+        while any(map(running, below)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in below if running(pid)], 'processes outlived the trainer by 10 s'
+    finally:
+        trainer_run.kill()
+        for pid in below:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)

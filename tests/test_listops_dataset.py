@@ -1,5 +1,6 @@
 """The ListOps loader on files in the LRA archive's exact format (rows of the official generator)."""
 import dataclasses
+import json
 import os
 import shutil
 
@@ -101,3 +102,67 @@ def test_default_data_dir_is_generated_once(tmp_path, monkeypatch, capsys):
     assert len(calls) == 1
     shutil.copytree(FIXTURES / 'listops-1000', tmp_path / 'lra_release' / 'listops-1000')
     assert dataset.default_data_dir() == tmp_path / 'lra_release' / 'listops-1000'  # the real data wins
+
+
+def swap_labels(path):
+    """The same file with other labels (same size): what a corrected copy of the data looks like."""
+    lines = path.read_bytes().split(b'\r\n')
+    for i in range(1, len(lines)):
+        if lines[i]:
+            source, target = lines[i].split(b'\t')
+            lines[i] = source + b'\t' + str(9 - int(target)).encode()
+    return b'\r\n'.join(lines)
+
+
+@pytest.mark.parametrize('how', ['cp -p', 'tar x'])
+def test_replaced_data_with_an_older_mtime_is_read_again(data_dir, tmp_path, how):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    before, _, _ = load_dataset(config)
+    path = data_dir / 'basic_train.tsv'
+    old = path.stat()
+    replacement = tmp_path / 'new' / 'basic_train.tsv'
+    replacement.parent.mkdir()
+    replacement.write_bytes(swap_labels(path))
+    assert replacement.stat().st_size == old.st_size
+    # cp -p and rsync -t copy the source's (older) mtime; tar x sets whole seconds from the archive
+    mtime = old.st_mtime_ns - 3_600 * 10 ** 9 if how == 'cp -p' else (old.st_mtime_ns // 10 ** 9) * 10 ** 9
+    os.utime(replacement, ns=(mtime, mtime))
+    shutil.copy2(replacement, path)
+    after, _, _ = load_dataset(config)
+    np.testing.assert_array_equal(after['targets'], 9 - before['targets'])
+    np.testing.assert_array_equal(after['inputs'], before['inputs'])
+
+
+def test_a_damaged_cache_is_built_again_with_a_note(data_dir, capsys):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    train, _, _ = load_dataset(config)
+    cache = data_dir / 'basic_train.T2000.inputs.npy'
+    cache.write_bytes(cache.read_bytes()[:1000])            # truncated, as by a full disk or a killed copy
+    capsys.readouterr()
+    again, _, _ = load_dataset(config)
+    out = capsys.readouterr().out
+    assert 'note: the cache' in out and 'damaged' in out and 'tokenizing' in out
+    np.testing.assert_array_equal(again['inputs'], train['inputs'])
+    (data_dir / 'basic_train.T2000.key.json').unlink()     # arrays without their key: never trusted
+    cache.write_bytes(b'garbage')
+    np.testing.assert_array_equal(load_dataset(config)[0]['inputs'], train['inputs'])
+
+
+@pytest.mark.parametrize('data, problem', [
+    (b'Source\tTarget\r\n\xff\xfe( ( [MAX 2 ) 9 ) ] )\t3\r\n', r'basic_val.tsv:2: not UTF-8 text \(byte 0xff at column 1\)'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00', r'basic_val.tsv:1: not UTF-8 text'),
+    (b'Source\tTarget\r\n( ( [MAX 2 ) 9 ) ] )\x00\x00\t3\r\n', r'basic_val.tsv:2: a NUL byte: this is a binary file'),
+])
+def test_binary_or_non_utf8_file_is_one_line_naming_it(data_dir, data, problem):
+    (data_dir / 'basic_val.tsv').write_bytes(data)
+    with pytest.raises(UserError, match=problem):
+        load_dataset(Config(data_dir=str(data_dir)))
+
+
+@pytest.mark.parametrize('key', ['[1, 2]', '{"key": 3', '', '{"sizes": null}'])
+def test_a_damaged_key_file_means_a_rebuild(data_dir, key):
+    config = Config(data_dir=str(data_dir), max_seq_len=2000)
+    train, _, _ = load_dataset(config)
+    (data_dir / 'basic_train.T2000.key.json').write_text(key)
+    np.testing.assert_array_equal(load_dataset(config)[0]['targets'], train['targets'])
+    assert json.loads((data_dir / 'basic_train.T2000.key.json').read_text())['key']['settings']['max_seq_len'] == 2000

@@ -1,5 +1,6 @@
 """The Pathfinder loader on a tiny tree in the LRA layout, made here with Pillow."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -106,3 +107,118 @@ def test_without_lra_data_the_images_are_generated_once(tmp_path, monkeypatch, c
     assert 0.3 < np.mean(np.concatenate([s['targets'] for s in (train, valid, test)])) < 0.7
     dataset.load_dataset(small)
     assert 'generating' not in capsys.readouterr().out  # made once
+
+
+def difficulty(root):
+    return root / 'pathfinder32' / 'curv_contour_length_14'
+
+
+def everything(splits):
+    """The three splits together, sorted by the (folder, index) code in each image's first pixel."""
+    inputs = np.concatenate([s['inputs'] for s in splits])
+    targets = np.concatenate([s['targets'] for s in splits])
+    order = np.argsort(inputs[:, 0], kind='stable')
+    return inputs[order], targets[order]
+
+
+@pytest.mark.parametrize('label', ['5', '-1', '2'])
+def test_a_label_other_than_0_or_1_is_refused(tmp_path, label):
+    make_tree(tmp_path)
+    path = difficulty(tmp_path) / 'metadata' / '1.npy'
+    lines = path.read_text().splitlines()
+    fields = lines[2].split()
+    fields[3] = label
+    lines[2] = ' '.join(fields)
+    path.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(UserError, match=rf'1.npy:3: label {label} is not 0 or 1'):
+        dataset.load_dataset(config(tmp_path))
+
+
+def test_repeated_metadata_lines_are_skipped_and_counted(tmp_path, capsys):
+    expected = make_tree(tmp_path)
+    path = difficulty(tmp_path) / 'metadata' / '0.npy'
+    lines = path.read_text().splitlines()
+    path.write_text('\n'.join(lines + lines[:2] + [lines[4]]) + '\n')  # three lines again
+    splits = dataset.load_dataset(config(tmp_path))
+    assert 'skipped 3 repeated line(s)' in capsys.readouterr().out
+    inputs, targets = everything(splits)
+    assert sorted(zip(inputs[:, 0].tolist(), targets.tolist())) == sorted(expected)  # each image once
+    fields = lines[0].split()
+    fields[3] = str(1 - int(fields[3]))
+    path.write_text('\n'.join(lines + [' '.join(fields)]) + '\n')
+    with pytest.raises(UserError, match=r'0.npy:7: imgs/0/sample_0.png is listed again with label 1, but with '
+                                        r'label 0 at \S*0.npy:1'):
+        dataset.load_dataset(config(tmp_path))
+
+
+def test_16_bit_grayscale_is_scaled_as_tensorflow_does(tmp_path):
+    make_tree(tmp_path)
+    values = np.random.default_rng(0).integers(0, 65536, size=(32, 32), dtype=np.uint16)
+    values[0, 0], values[0, 1] = 2 * 256 + 255, 1 * 256 + 7   # its code (folder 0, image 2) and label 1 >> 8
+    path = difficulty(tmp_path) / 'imgs' / '0' / 'sample_2.png'
+    Image.fromarray(values).save(path)                       # uint16: mode 'I;16'
+    with Image.open(path) as image:
+        assert image.mode == 'I;16'                          # Pillow reads it as 16 bits
+    inputs, targets = everything(dataset.load_dataset(config(tmp_path)))
+    row = inputs[inputs[:, 0] == 2]
+    assert len(row) == 1
+    np.testing.assert_array_equal(row[0], (values >> 8).reshape(-1))  # libpng's strip-16 (not a clip to 0 or 255)
+    assert len(np.unique(row[0])) > 200
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'P'])
+def test_colour_images_are_refused(tmp_path, mode):
+    make_tree(tmp_path)
+    path = difficulty(tmp_path) / 'imgs' / '1' / 'sample_1.png'
+    Image.new(mode, (32, 32)).save(path)
+    with pytest.raises(UserError, match=rf'sample_1.png is a {mode} image: only grayscale PNGs'):
+        dataset.load_dataset(config(tmp_path))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'bad checksum'])
+def test_a_damaged_image_is_one_line_naming_it(tmp_path, damage):
+    make_tree(tmp_path)
+    path = difficulty(tmp_path) / 'imgs' / '1' / 'sample_4.png'
+    data = path.read_bytes()
+    broken = {'truncated': data[:len(data) // 2], 'garbage': b'not a png at all',
+              'bad checksum': data[:40] + bytes([data[40] ^ 0xFF]) + data[41:]}[damage]
+    path.write_bytes(broken)
+    with pytest.raises(UserError, match=r'cannot read the image \S*imgs/1/sample_4.png \(listed at \S*1.npy:5\)'):
+        dataset.load_dataset(config(tmp_path))
+
+
+@pytest.mark.parametrize('data, problem', [
+    (b'\x93NUMPY\x01\x00v\x00{"descr": "<U64"', r'1.npy is a binary numpy file, not LRA\'s text metadata'),
+    (b'imgs/1 sample_0.png 0 1 1.0 14 4 2 0.5 1 1\n\xff\xd8\xff\xe0 binary', r'1.npy:2: binary data, not text'),
+])
+def test_binary_metadata_is_one_line(tmp_path, data, problem):
+    make_tree(tmp_path)
+    (difficulty(tmp_path) / 'metadata' / '1.npy').write_bytes(data)
+    with pytest.raises(UserError, match=problem):
+        dataset.load_dataset(config(tmp_path))
+
+
+def test_the_cache_follows_every_image_and_label(tmp_path, capsys):
+    make_tree(tmp_path)
+    dataset.load_dataset(config(tmp_path))
+    assert 'decoding the images' in capsys.readouterr().out
+    dataset.load_dataset(config(tmp_path))
+    assert 'decoding the images' not in capsys.readouterr().out  # used as it is
+
+    # an image replaced by another whose older mtime comes along (cp -p, rsync -t)
+    path = difficulty(tmp_path) / 'imgs' / '0' / 'sample_1.png'
+    hour_ago = path.stat().st_mtime_ns - 3_600 * 10 ** 9
+    pixels = np.asarray(Image.open(path)).copy()
+    pixels[5, 5] = 77
+    Image.fromarray(pixels, mode='L').save(path)
+    os.utime(path, ns=(hour_ago, hour_ago))
+    inputs, _ = everything(dataset.load_dataset(config(tmp_path)))
+    assert inputs[inputs[:, 0] == 1][0, 5 * 32 + 5] == 77
+
+    # a label corrected in the metadata, of the same size, with an older mtime
+    metadata = difficulty(tmp_path) / 'metadata' / '1.npy'
+    hour_ago = metadata.stat().st_mtime_ns - 3_600 * 10 ** 9
+    metadata.write_text(metadata.read_text().replace('imgs/1 sample_0.png 0 1', 'imgs/1 sample_0.png 0 0'))
+    os.utime(metadata, ns=(hour_ago, hour_ago))
+    inputs, targets = everything(dataset.load_dataset(config(tmp_path)))
+    assert targets[inputs[:, 0] == 10].tolist() == [0]

@@ -38,8 +38,17 @@ def config_for(data_dir, **changes):
     return dataclasses.replace(config, data_dir=str(data_dir), **changes)
 
 
+def row_order(split, rows, max_seq_len):
+    """Which of `rows` each loaded example is (found by its second document)."""
+    wanted = [encode_bytes([row[4]], max_seq_len)[0].tolist() for row in rows]
+    return [wanted.index(ids) for ids in split['inputs2'].tolist()]
+
+
 def test_reads_the_real_format(data_dir):
     train, valid, test = load_dataset(config_for(data_dir, max_seq_len=64))
+    order = row_order(train, ROWS, 64)
+    assert sorted(order) == [0, 1, 2]                         # each row once, in the loader's fixed order
+    train = {key: value[np.argsort(order)] for key, value in train.items()}  # back in file order
     assert train['targets'].tolist() == [1, 0, 1]
     assert train['inputs1'].shape == train['inputs2'].shape == (3, 64)
     np.testing.assert_array_equal(train['inputs1'][0], encode_bytes([ROWS[0][3]], 64)[0])  # quotes kept
@@ -52,12 +61,34 @@ def test_reads_the_real_format(data_dir):
 @pytest.mark.parametrize('line, problem', [
     ('1.0\tP1\tP2\tonly four fields', '4 tab-separated fields instead of 5'),
     ('yes\tP1\tP2\ta\tb', "label b'yes' is not a number"),
-    ('2.0\tP1\tP2\ta\tb', 'label 2 is not 0 or 1'),
+    ('2.0\tP1\tP2\ta\tb', 'label 2.0 is not 0 or 1'),
+    ('1.7\tP1\tP2\ta\tb', 'label 1.7 is not 0 or 1'),     # never rounded into a class
+    ('0.5\tP1\tP2\ta\tb', 'label 0.5 is not 0 or 1'),
+    ('-0.9\tP1\tP2\ta\tb', 'label -0.9 is not 0 or 1'),
+    ('inf\tP1\tP2\ta\tb', 'label inf is not 0 or 1'),
+    ('nan\tP1\tP2\ta\tb', 'label nan is not 0 or 1'),
 ])
 def test_malformed_row_names_file_and_line(data_dir, line, problem):
     (data_dir / SPLITS['valid']).write_text('\t'.join(ROWS[0]) + '\n' + line + '\n')
     with pytest.raises(UserError, match=f'new_aan_pairs.eval.tsv:2: malformed row: {problem}'):
         load_dataset(config_for(data_dir))
+
+
+def test_labels_written_as_integers_or_floats(data_dir):
+    rows = [('0', *ROWS[0][1:]), ('1.0', *ROWS[1][1:]), ('0.0', *ROWS[2][1:]), ('1', 'P1', 'P2', 'a', 'b')]
+    write_split(data_dir, rows, SPLITS['test'])
+    _, _, test = load_dataset(config_for(data_dir, max_seq_len=64))
+    assert [[0, 1, 0, 1][i] for i in row_order(test, rows, 64)] == test['targets'].tolist()
+
+
+def test_rows_sorted_by_label_are_put_in_a_fixed_random_order(data_dir):
+    rows = [(str(label), f'P{i}', 'P', f'doc {i}', f'other {i}') for i, label in enumerate([0] * 20 + [1] * 20)]
+    write_split(data_dir, rows, SPLITS['valid'])
+    _, valid, _ = load_dataset(config_for(data_dir, max_seq_len=16))
+    assert sorted(row_order(valid, rows, 16)) == list(range(40))
+    assert 3 <= valid['targets'][:10].sum() <= 7            # the first 10 (--eval_examples=10): both labels
+    _, again, _ = load_dataset(config_for(data_dir, max_seq_len=8))  # a fresh build, in the same order
+    np.testing.assert_array_equal(again['targets'], valid['targets'])
 
 
 def test_missing_archive_says_where_to_get_it(tmp_path):

@@ -13,6 +13,7 @@ from image.dataset import to_grayscale
 from text.dataset import encode_bytes
 from trainer import Config
 
+
 def test_byte_ids_of_a_known_string():
     text = 'Café <br />ok'
     expected = [b + 1 for b in text.encode('utf-8')]
@@ -56,6 +57,54 @@ def mock_load(module, data_dir, max_seq_len, num_examples=20):
         return module.load_dataset(Config(data_dir=str(data_dir), max_seq_len=max_seq_len))
 
 
+def read_mock(name, split, num_examples=20):
+    """What tensorflow-datasets itself gives for a mocked split: [(feature, label)] as numpy."""
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return list(tfds.as_numpy(tfds.load(name, split=split, as_supervised=True)))
+
+
+def test_text_loader_equals_an_independent_reading(tmp_path):
+    import text.dataset as text
+    train, valid, test = mock_load(text, tmp_path, 12)
+    for loaded, split in ((train, 'train'), (test, 'test')):
+        examples = read_mock('imdb_reviews', split)
+        ids = np.zeros((len(examples), 12), np.int64)
+        for row, (review, _) in enumerate(examples):
+            first = list(review)[:12]                       # bytes of the review, then byte + 1
+            ids[row, :len(first)] = [byte + 1 for byte in first]
+        labels = [int(label) for _, label in examples]
+        assert 0 < sum(labels) < len(labels)                # both classes: a lost label would show
+        assert loaded['targets'].tolist() == labels
+        np.testing.assert_array_equal(loaded['inputs'], ids)
+    assert any(len(review) > 12 for review, _ in read_mock('imdb_reviews', 'train'))  # truncation is exercised
+
+
+def test_image_loader_equals_an_independent_reading(tmp_path):
+    import image.dataset as image
+    loaded = dict(zip(('train', 'valid', 'test'), mock_load(image, tmp_path, 1024)))
+    for name, split in (('train', 'train[:90%]'), ('valid', 'train[90%:]'), ('test', 'test')):
+        examples = read_mock('cifar10', split)
+        gray = tf.image.rgb_to_grayscale(np.stack([img for img, _ in examples])).numpy()[..., 0]  # (N, 32, 32)
+        rows = [[int(g[r, c]) for r in range(32) for c in range(32)] for g in gray]  # row by row, left to right
+        assert loaded[name]['inputs'].tolist() == rows
+        assert loaded[name]['targets'].tolist() == [int(label) for _, label in examples]
+        assert len(set(loaded[name]['targets'].tolist())) > 2
+
+
+@pytest.mark.parametrize('task', ['text', 'image'])
+def test_a_cache_of_other_settings_is_built_again(tmp_path, monkeypatch, capsys, task):
+    import importlib
+    module = importlib.import_module(f'{task}.dataset')
+    max_seq_len = 1024 if task == 'image' else 64
+    mock_load(module, tmp_path, max_seq_len)
+    assert 'reading' in capsys.readouterr().out
+    mock_load(module, tmp_path, max_seq_len)
+    assert 'reading' not in capsys.readouterr().out        # the cache serves the same settings
+    monkeypatch.setattr(module, 'CACHE_VERSION', module.CACHE_VERSION + 1)  # what the loader caches changed
+    mock_load(module, tmp_path, max_seq_len)
+    assert 'reading' in capsys.readouterr().out
+
+
 def test_text_loader_shapes_and_cache(tmp_path):
     import text.dataset as text
     train, valid, test = mock_load(text, tmp_path, 64)
@@ -82,6 +131,7 @@ def test_image_loader_shapes_and_cache(tmp_path, monkeypatch):
         assert split['inputs'].shape[1:] == (1024,) and split['inputs'].dtype == np.uint8
         assert set(np.unique(split['targets'])) <= set(range(10))
     assert len(list((tmp_path / 'npy').glob('cifar10_gray.*.npy'))) == 6
+    assert len(list((tmp_path / 'npy').glob('cifar10_gray.*.key.json'))) == 3
 
 
 @pytest.mark.parametrize('task, max_seq_len', [('text', 64), ('image', 1024)])
@@ -99,11 +149,17 @@ def test_script_trains_from_the_cache_without_tensorflow(task, max_seq_len, tmp_
 
 
 def test_without_network_or_cache_one_clear_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / 'image' / 'hrrformer_mgpu.py'), f'--data_dir={tmp_path}',
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'mine').mkdir()                 # a folder the user had: kept, though empty
+    result = subprocess.run([sys.executable, str(ROOT / 'image' / 'hrrformer_mgpu.py'), f'--data_dir={tmp_path}/data',
                              f'--workdir={tmp_path}/w'], capture_output=True, text=True, timeout=600,
                             env={**os.environ, 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY':
                                  'http://127.0.0.1:9'})  # a dead proxy: no network, whatever the machine has
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: cannot get cifar10') and 'connect to the internet' in last
-    assert 'error' not in '\n'.join(result.stderr.strip().splitlines()[:-1]).lower()
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1, result.stderr                # no progress bars, no warnings: the one line
+    assert errors[0].startswith('error: cannot get cifar10') and 'connect to the internet' in errors[0]
+    said = result.stdout.strip().splitlines()               # only what the loader itself says it does
+    assert len(said) == 1 and said[0].startswith('reading cifar10 train[:90%] from tensorflow-datasets'), said
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))
+    assert left == ['data', 'data/mine'], left             # the empty download folders are gone

@@ -14,6 +14,7 @@ from utils import ROOT, cached_arrays, tfds_batches
 VOCAB_SIZE = 257  # 256 byte values + pad
 NUM_CLASSES = 2
 DEFAULT_DATA_DIR = ROOT / 'data' / 'tensorflow_datasets'
+CACHE_VERSION = 1  # raise when read_split changes what it caches
 
 
 def encode_bytes(texts, max_seq_len):
@@ -40,9 +41,10 @@ def load_dataset(config):
     data_dir = DEFAULT_DATA_DIR if config.data_dir is None else Path(config.data_dir).expanduser().resolve()
 
     def load(split):
-        files = {key: data_dir / 'npy' / f'imdb_reviews.{split}.T{config.max_seq_len}.{key}.npy'
-                 for key in ('inputs', 'targets')}
-        return cached_arrays(files, lambda: read_split(split, data_dir, config.max_seq_len),
-                             f'reading imdb_reviews {split} from tensorflow-datasets in {data_dir}')
+        return cached_arrays(data_dir / 'npy' / f'imdb_reviews.{split}.T{config.max_seq_len}', ('inputs', 'targets'),
+                             lambda: read_split(split, data_dir, config.max_seq_len),
+                             f'reading imdb_reviews {split} from tensorflow-datasets in {data_dir}',
+                             settings={'data': 'imdb_reviews', 'split': split, 'max_seq_len': config.max_seq_len,
+                                       'loader': CACHE_VERSION})
     test = load('test')
     return load('train'), test, test
