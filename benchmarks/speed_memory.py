@@ -265,7 +265,10 @@ def write_outputs(rows, output_dir, variants, notes):
     lines += [f"| {r['task']} | {r['length']} | {r['variant']} | {r['step_gflop']} | {r['achieved_tflops']} | "
               f"{r['matmul_tflops']} | {percent(r['matmul_share'])} | {r['flops_note']} |" for r in rows if r.get('status') == 'ran']
     (output_dir / 'speed_memory.md').write_text('\n'.join(lines) + '\n')
-    plot(rows, output_dir / 'speed_memory.png')
+    try:
+        plot(rows, output_dir / 'speed_memory.png')
+    except ImportError as error:  # a machine with JAX but without matplotlib still gets its tables
+        print(f'note: no speed_memory.png ({error}); pip install matplotlib to draw it', flush=True)
 
 
 COLORS = {'hrr-float32': 'tab:blue', 'hrr-bfloat16': 'tab:cyan', 'softmax-xla-float32': 'tab:red',
