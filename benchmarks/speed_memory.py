@@ -395,22 +395,32 @@ def main(argv):
     work = [(task, task_config(task, options.small, options.length)) for task in options.tasks]
     work += [(f'ember T=2^{p}', dataclasses.replace(task_config('ember', options.small, 0), max_seq_len=2 ** p,
                                                      batch_size=1)) for p in options.powers]
-    rows, skipped, too_big, started = [], [], {}, time.time()
+    rows, skipped, too_big, started, why = [], [], {}, time.time(), 'deadline'
     for label, config in work:
-        if options.deadline_seconds and time.time() - started > options.deadline_seconds:
-            skipped.append(label)
-            rows += [{'task': label, 'variant': v, 'length': config.max_seq_len, 'batch': config.batch_size,
-                      'status': 'skipped: deadline'} for v in options.variants]
-            continue
-        rows += compare(label, config, options.variants, device, options, too_big if label.startswith('ember T=') else {})
-        write_outputs(rows, output_dir, options.variants, notes(device, options, skipped))  # kept if killed later
+        if why == 'deadline' and not (options.deadline_seconds and time.time() - started > options.deadline_seconds):
+            try:
+                measured = compare(label, config, options.variants, device, options,
+                                   too_big if label.startswith('ember T=') else {})
+            except KeyboardInterrupt:  # e.g. a time limit's SIGINT: write what was measured
+                why = 'interrupted'
+            else:
+                rows += measured
+                write_outputs(rows, output_dir, options.variants, notes(device, options, skipped))  # if killed later
+                continue
+        skipped.append(label)
+        rows += [{'task': label, 'variant': v, 'length': config.max_seq_len, 'batch': config.batch_size,
+                  'status': f'skipped: {why}'} for v in options.variants]
     if skipped:
-        print(f'deadline of {options.deadline_seconds:g} s reached; not measured: {", ".join(skipped)}', flush=True)
-    write_outputs(rows, output_dir, options.variants, notes(device, options, skipped))
+        print(f'{stopped(why, options)}; not measured: {", ".join(skipped)}', flush=True)
+    write_outputs(rows, output_dir, options.variants, notes(device, options, skipped, why))
     print(f'wrote speed_memory.csv, .md and .png in {output_dir}')
 
 
-def notes(device, options, skipped):
+def stopped(why, options):
+    return f'deadline of {options.deadline_seconds:g} s reached' if why == 'deadline' else 'interrupted'
+
+
+def notes(device, options, skipped, why='deadline'):
     """The header of speed_memory.md: what was measured where, and what the FLOP counts mean."""
     peak = trainer.peak_memory_mb(device) / 1024
     references = [f'{dtype} {matmul_flops_per_second(dtype, options.matmul_size, options.repeats) / 1e12:.3f} TFLOP/s'
@@ -424,7 +434,7 @@ def notes(device, options, skipped):
              f'{"" if fft_counted() else " (Hrrformer steps are undercounted)"}. cuDNN\'s fused attention is '
              f'invisible to it: a cuDNN step is given the XLA softmax step\'s count.']
     if skipped:
-        lines.append(f'Deadline of {options.deadline_seconds:g} s reached; not measured: {", ".join(skipped)}.')
+        lines.append(f'{stopped(why, options)}; not measured: {", ".join(skipped)}.')
     return lines
 
 

@@ -64,6 +64,26 @@ def test_deadline_writes_what_was_measured_and_lists_the_rest(tmp_path, capsys):
     assert 'not measured: text, ember T=2^9, ember T=2^10.' in (tmp_path / 'speed_memory.md').read_text()
 
 
+def test_an_interrupt_keeps_what_was_measured(tmp_path, monkeypatch):
+    # a time limit's SIGINT arrives as KeyboardInterrupt while the second configuration is measured
+    calls = []
+
+    def compare(label, config, variants, device, options, too_big):
+        calls.append(label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [{'task': label, 'variant': 'hrr-float32', 'length': config.max_seq_len, 'batch': config.batch_size,
+                 'status': 'ran', 'step_seconds': 0.1, 'examples_per_second': 20.0, 'memory_gb': 0.5, 'step_gflop': 1.0,
+                 'achieved_tflops': 0.01, 'matmul_tflops': 0.1, 'matmul_share': 0.1, 'flops_note': ''}]
+    monkeypatch.setattr(speed_memory, 'compare', compare)
+    speed_memory.main(['--small', '--tasks=listops,text,image', '--variants=hrr-float32', '--sweep=none',
+                       '--matmul_size=64', '--repeats=1', f'--output_dir={tmp_path}'])
+    assert calls == ['listops', 'text']
+    assert [(row['task'], row['status']) for row in read_rows(tmp_path)] == [
+        ('listops', 'ran'), ('text', 'skipped: interrupted'), ('image', 'skipped: interrupted')]
+    assert 'interrupted; not measured: text, image.' in (tmp_path / 'speed_memory.md').read_text()
+
+
 def test_sweep_stops_trying_a_variant_that_did_not_fit(tmp_path):
     speed_memory.main(['--small', '--tasks=none', '--variants=hrr-float32', '--sweep=9-10', '--memory_fraction=1e-12',
                        f'--output_dir={tmp_path}'])
