@@ -15,9 +15,7 @@ whatever `dtype` is: the HRR attention (there is no half-precision FFT), LayerNo
 float32 from float32 parameters, then casts), every softmax, and the log-probabilities the model returns,
 so the loss is float32 too.
 """
-import functools
-from functools import partial
-
+from functools import lru_cache, partial
 from typing import Any
 
 import flax.linen as nn
@@ -153,7 +151,7 @@ def wants_cudnn(impl, dtype):
     return impl == 'cudnn' or (impl == 'auto' and half and jax.devices()[0].platform == 'gpu')
 
 
-@functools.lru_cache(maxsize=None)
+@lru_cache(maxsize=None)
 def cudnn_refusal(shape, dtype, masked):
     """None when cuDNN's attention compiles forward and backward at this (B, T, h, H') shape and dtype (name);
     otherwise why not, after printing one line. cuDNN refuses some platforms, shapes and dtypes while
@@ -173,9 +171,6 @@ def cudnn_refusal(shape, dtype, masked):
         return reason
 
 
-ATTENTION = {'hrr': hrr_attention, 'softmax': softmax_attention}
-
-
 class SelfAttention(nn.Module):
     """Dense q, k, v -> heads -> HRR (or, as a baseline, softmax) attention -> merged heads -> Dense output."""
     features: int
@@ -189,8 +184,7 @@ class SelfAttention(nn.Module):
     def __call__(self, x, mask=None):                                           # x (B, T, E)
         dense = partial(nn.Dense, self.features, use_bias=self.use_bias, dtype=self.dtype)
         q, k, v = (split_heads(dense(name=name)(x), self.heads) for name in ('query', 'key', 'value'))
-        attend = partial(softmax_attention, impl=self.softmax_impl) if self.attention == 'softmax' \
-            else ATTENTION[self.attention]
+        attend = hrr_attention if self.attention == 'hrr' else partial(softmax_attention, impl=self.softmax_impl)
         out = attend(q, k, v, mask)                                             # (B, h, T, H')
         if self.attention == 'hrr' and self.is_mutable_collection('intermediates'):  # for weight maps only
             self.sow('intermediates', 'weights', hrr_weights(q, k, v, mask))    # (B, h, T)

@@ -9,7 +9,7 @@
 #   speed          every task's paper configuration (one device, the paper's per-device batch): Hrrformer
 #                  float32 and bfloat16 against softmax attention (XLA float32 and bfloat16, cuDNN bfloat16),
 #                  the most important tasks first, until its deadline                      -> OUT/speed_memory/
-#   sweep          the EMBER model at batch 1, T = 2^13 ... 2^19, as long as each variant fits -> OUT/ember_sweep/
+#   sweep          the EMBER model at batch 1, T = 2^13, 2^15, 2^17, 2^19, while each variant fits -> OUT/ember_sweep/
 #   listops_data   ListOps generated on the spot (96,000 / 2,000 / 2,000), in the background from the start
 #                                                                                           -> OUT/data/listops-1000/
 #   listops_train  the paper's single-layer ListOps configuration, whole epochs within its budget -> OUT/listops_1/
@@ -38,7 +38,8 @@ if [ "$SMOKE" = 1 ]; then
     export JAX_PLATFORMS=cpu
     BUDGET_ENVIRONMENT=30 BUDGET_SPEED=50 DEADLINE_SPEED=5 BUDGET_SWEEP=50 DEADLINE_SWEEP=20
     BUDGET_DATA=60 BUDGET_TRAIN=60 TRAIN_MINUTES=0.3 BUDGET_RESULTS=20 LISTOPS_T=256
-    SPEED_ARGS=(--small --tasks=listops --variants=hrr-float32,softmax-cudnn-bfloat16 --sweep=none --repeats=1 --matmul_size=256)
+    SPEED_ARGS=(--small --tasks=listops --variants=hrr-float32,softmax-cudnn-bfloat16 --sweep=none --repeats=1
+                --matmul_size=256)
     SWEEP_ARGS=(--small --tasks=none --sweep=9-10 --variants=hrr-float32 --repeats=1 --matmul_size=256)
     DATA_ARGS="--train 160 --valid 40 --test 40 --workers 1"
     TRAIN_ARGS=(--embed_size=16 --heads=2 --max_seq_len=256 --batch_size=8 --epochs=3)
@@ -48,7 +49,8 @@ else
     BUDGET_ENVIRONMENT=20 BUDGET_SPEED=125 DEADLINE_SPEED=60 BUDGET_SWEEP=75 DEADLINE_SWEEP=35
     BUDGET_DATA=150 BUDGET_TRAIN=280 TRAIN_MINUTES=4.0 BUDGET_RESULTS=15 LISTOPS_T=2000
     SPEED_ARGS=(--tasks=listops,ember,text,pathx,image,pathfinder,retrieval --sweep=none --repeats=5)
-    SWEEP_ARGS=(--tasks=none --sweep=13-19 --variants=hrr-float32,hrr-bfloat16,softmax-xla-float32,softmax-cudnn-bfloat16 --repeats=3)
+    SWEEP_ARGS=(--tasks=none --sweep=13-19:2 --repeats=3
+                --variants=hrr-float32,hrr-bfloat16,softmax-xla-float32,softmax-cudnn-bfloat16)
     DATA_ARGS="--train 96000 --valid 2000 --test 2000 --workers 4"
     TRAIN_ARGS=()
 fi

@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import math
 import os
+import re
 import sys
 import time
 from functools import lru_cache
@@ -61,8 +62,8 @@ def task_config(task, small, length):
     if task == 'ember':
         config = importlib.import_module(module).complete(config)
     if small:
-        config = dataclasses.replace(config, n_layer=1, embed_size=64, heads=4, max_seq_len=min(config.max_seq_len, 512),
-                                     batch_size=min(config.batch_size, 4))
+        config = dataclasses.replace(config, n_layer=1, embed_size=64, heads=4,
+                                     max_seq_len=min(config.max_seq_len, 512), batch_size=min(config.batch_size, 4))
     if length:
         config = dataclasses.replace(config, max_seq_len=length)
     return dataclasses.replace(config, dropout_rate=0.0)
@@ -183,7 +184,8 @@ def compare(label, config, variants, device, options, too_big):
     this sweep (not tried again; updated here)."""
     budget, prepared, rows = memory_budget(device, options.memory_fraction), {}, {}
     for variant in variants:
-        row = rows[variant] = {'task': label, 'variant': variant, 'length': config.max_seq_len, 'batch': config.batch_size}
+        row = rows[variant] = {'task': label, 'variant': variant, 'length': config.max_seq_len,
+                               'batch': config.batch_size}
         settings = variant_config(config, variant)
         reason = cudnn_unavailable(settings, device) if VARIANTS[variant][2] == 'cudnn' else None
         if variant in too_big:
@@ -257,13 +259,14 @@ def write_outputs(rows, output_dir, variants, notes):
     lines = notes + ['', 'Examples per second (compiled step memory):', '',
                      '| task | T | batch | ' + ' | '.join(variants) + ' |', '|---|---|---|' + '---|' * len(variants)]
     for (task, length, batch), found in configs.items():
-        lines.append(f'| {task} | {length} | {batch} | ' + ' | '.join(
-            cell(found.get(v), lambda r: f"{r['examples_per_second']} ({r['memory_gb']:.2f} GB)") for v in variants) + ' |')
+        cells = [cell(found.get(v), lambda r: f"{r['examples_per_second']} ({r['memory_gb']:.2f} GB)") for v in variants]
+        lines.append(f'| {task} | {length} | {batch} | ' + ' | '.join(cells) + ' |')
     lines += ['', 'FLOPs per step (XLA cost analysis) and the achieved share of a large matmul\'s FLOP/s:', '',
               '| task | T | variant | GFLOP per step | achieved TFLOP/s | matmul TFLOP/s | share | note |',
               '|---|---|---|---|---|---|---|---|']
     lines += [f"| {r['task']} | {r['length']} | {r['variant']} | {r['step_gflop']} | {r['achieved_tflops']} | "
-              f"{r['matmul_tflops']} | {percent(r['matmul_share'])} | {r['flops_note']} |" for r in rows if r.get('status') == 'ran']
+              f"{r['matmul_tflops']} | {percent(r['matmul_share'])} | {r['flops_note']} |"
+              for r in rows if r.get('status') == 'ran']
     (output_dir / 'speed_memory.md').write_text('\n'.join(lines) + '\n')
     try:
         plot(rows, output_dir / 'speed_memory.png')
@@ -299,12 +302,13 @@ def draw(rows):
         mine = [r for r in ran if r['variant'] == variant]
         sweep = sorted((r for r in mine if r['task'].startswith('ember T=')), key=lambda r: r['length'])
         ax.plot([r['length'] for r in sweep], [r['examples_per_second'] for r in sweep], color=COLORS[variant], lw=0.8)
-        ax.scatter([r['length'] for r in mine], [r['examples_per_second'] for r in mine], s=[area(r['memory_gb']) for r in mine],
-                   color=COLORS[variant], alpha=0.45, edgecolors=COLORS[variant], clip_on=False)
+        ax.scatter([r['length'] for r in mine], [r['examples_per_second'] for r in mine],
+                   s=[area(r['memory_gb']) for r in mine], color=COLORS[variant], alpha=0.45,
+                   edgecolors=COLORS[variant], clip_on=False)
         for r in mine:
             if not r['task'].startswith('ember T='):
-                ax.annotate(r['task'], (r['length'], r['examples_per_second']), xytext=(0, 7), textcoords='offset points',
-                            fontsize=7, ha='center', va='bottom', annotation_clip=False)
+                ax.annotate(r['task'], (r['length'], r['examples_per_second']), xytext=(0, 7),
+                            textcoords='offset points', fontsize=7, ha='center', va='bottom', annotation_clip=False)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
     room = (LARGEST_AREA + 12) ** 0.5 / 2 + 14  # points: the largest circle's radius and a label above it
@@ -360,8 +364,8 @@ def parse(argv):
         help='sequence length T for every task (0: each task\'s own)')
     add('--repeats', metavar='INT', type=utils.integer_at_least(0), default=0,
         help='timed steps per variant, after one warm-up (0: 5, or 2 with --small)')
-    add('--sweep', metavar='A-B', default=None, help='EMBER length sweep at batch 1 over T = 2^A ... 2^B, or none; '
-        'unset (None): 9-17, or 10-10 with --small')
+    add('--sweep', metavar='A-B[:S]', default=None, help='EMBER length sweep at batch 1 over T = 2^A ... 2^B (every '
+        'S-th power with :S), or none; unset (None): 9-17, or 10-10 with --small')
     add('--memory_fraction', metavar='FLOAT', type=float, default=0.7, help='a step needing more than this '
         'fraction of the device\'s memory (the machine\'s on CPU) is not run')
     add('--deadline_seconds', metavar='FLOAT', type=float, default=0, help='start no new configuration after this '
@@ -378,11 +382,10 @@ def parse(argv):
         if unknown:
             parser.error(f'unknown {what}(s) {", ".join(unknown)}; choose from {", ".join(known)}')
     sweep = options.sweep or ('10-10' if options.small else '9-17')
-    try:
-        low, high = (1, 0) if sweep == 'none' else map(int, sweep.split('-'))
-    except ValueError:
-        parser.error(f'--sweep={sweep}: write A-B (powers of two, e.g. 9-17) or none')
-    options.powers = list(range(low, high + 1))
+    found = re.fullmatch(r'(\d+)-(\d+)(?::([1-9]\d*))?', sweep)
+    if sweep != 'none' and not (found and int(found[1]) <= int(found[2])):
+        parser.error(f'--sweep={sweep}: write A-B or A-B:S (powers of two, e.g. 9-17 or 13-19:2) or none')
+    options.powers = list(range(int(found[1]), int(found[2]) + 1, int(found[3] or 1))) if found else []
     options.repeats = options.repeats or (2 if options.small else 5)
     return options
 

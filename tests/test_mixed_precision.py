@@ -122,7 +122,8 @@ def test_parameters_and_optimiser_state_stay_float32(devices):
     state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
     state = trainer.unreplicate(state)
     assert int(state.step) == 1 and np.isfinite(float(trainer.unreplicate(metrics)['loss']))
-    floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     assert len(floats) == 3 * len(jax.tree.leaves(state.params))  # parameters, Adam's two moments
     assert {leaf.dtype for leaf in floats} == {jnp.dtype(jnp.float32)}
 
@@ -166,7 +167,8 @@ def test_cudnn_on_cpu_falls_back_to_xla_with_one_line(capsys):
         cudnn = np.asarray(hrrformer.softmax_attention(q, k, v, mask, impl='cudnn').astype(jnp.float32))
         np.testing.assert_array_equal(cudnn, xla)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and 'cuDNN attention is not available' in lines[0] and '(3, 10, 2, 8) bfloat16 on cpu' in lines[0]
+    assert len(lines) == 1 and 'cuDNN attention is not available' in lines[0]
+    assert '(3, 10, 2, 8) bfloat16 on cpu' in lines[0]
     assert "using XLA's softmax attention" in lines[0]
     hrrformer.softmax_attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], mask[:, :7], impl='cudnn')  # another shape
     assert len(capsys.readouterr().out.splitlines()) == 1
