@@ -44,7 +44,7 @@ if [ "$SMOKE" = 1 ]; then
     DATA_ARGS="--train 160 --valid 40 --test 40 --workers 1"
     TRAIN_ARGS=(--embed_size=16 --heads=2 --max_seq_len=256 --batch_size=8 --epochs=3)
 else
-    # in sequence 20 + 125 + 75 + 280 + 15 = 515 s, and at most 5 s more per stage to stop it (525 - 540 s);
+    # in sequence 20 + 125 + 75 + 280 + 15 = 515 s, and at most 5 s more per stage to stop it: 540 s at most;
     # the data stage (150 s) runs beside the environment, speed and sweep stages (220 s)
     BUDGET_ENVIRONMENT=20 BUDGET_SPEED=125 DEADLINE_SPEED=60 BUDGET_SWEEP=75 DEADLINE_SWEEP=35
     BUDGET_DATA=150 BUDGET_TRAIN=280 TRAIN_MINUTES=4.0 BUDGET_RESULTS=15 LISTOPS_T=2000
@@ -52,14 +52,14 @@ else
     SWEEP_ARGS=(--tasks=none --sweep=13-19:2 --repeats=3
                 --variants=hrr-float32,hrr-bfloat16,softmax-xla-float32,softmax-cudnn-bfloat16)
     DATA_ARGS="--train 96000 --valid 2000 --test 2000 --workers 4"
-    TRAIN_ARGS=()
+    TRAIN_ARGS=(--epochs=20)  # the paper's; --max_minutes stops after the last whole epoch that fits
 fi
 scaled() { awk -v s="$1" -v k="$SCALE" 'BEGIN { v = s * k; printf "%d", (v < 1 ? 1 : v) }'; }
 
 # run_stage NAME BUDGET COMMAND...: the command under `timeout` (SIGINT first, so that Python can stop
 # cleanly, then SIGKILL 5 s later), its output in OUT/logs/NAME.log, its outcome in OUT/stages.tsv
 run_stage() {
-    local name=$1 budget seconds start status
+    local name=$1 budget seconds start status outcome
     budget=$(scaled "$2")
     shift 2
     start=$(date +%s)
