@@ -36,7 +36,7 @@ SCALE=${GPU_CHECK_SCALE:-1}
 # seconds: the budget of each stage (a timeout), and the deadlines inside them; scaled by GPU_CHECK_SCALE
 if [ "$SMOKE" = 1 ]; then
     export JAX_PLATFORMS=cpu
-    BUDGET_ENVIRONMENT=30 BUDGET_SPEED=50 DEADLINE_SPEED=5 BUDGET_SWEEP=50 DEADLINE_SWEEP=20
+    BUDGET_ENVIRONMENT=30 BUDGET_SPEED=60 DEADLINE_SPEED=5 BUDGET_SWEEP=70 DEADLINE_SWEEP=40
     BUDGET_DATA=60 BUDGET_TRAIN=60 TRAIN_MINUTES=0.3 BUDGET_RESULTS=20 LISTOPS_T=256
     SPEED_ARGS=(--small --tasks=listops --variants=hrr-float32,softmax-cudnn-bfloat16 --sweep=none --repeats=1
                 --matmul_size=256)
