@@ -179,17 +179,17 @@ def status_line(error):
     return f'error: {type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:160]}'
 
 
-def compare(label, config, variants, device, options, too_big):
-    """One row per variant at one configuration. `too_big`: variants that did not fit at a shorter length of
-    this sweep (not tried again; updated here)."""
+def compare(label, config, variants, device, options, stopped):
+    """One row per variant at one configuration. `stopped`: variant -> why it is not tried at this length of
+    the sweep (it did not fit, or failed, at a shorter one); updated here."""
     budget, prepared, rows = memory_budget(device, options.memory_fraction), {}, {}
     for variant in variants:
         row = rows[variant] = {'task': label, 'variant': variant, 'length': config.max_seq_len,
                                'batch': config.batch_size}
         settings = variant_config(config, variant)
         reason = cudnn_unavailable(settings, device) if VARIANTS[variant][2] == 'cudnn' else None
-        if variant in too_big:
-            row['status'] = f'not tried: did not fit at T={too_big[variant]}'
+        if variant in stopped:
+            row['status'] = f'not tried: {stopped[variant]}'
         elif reason:
             row['status'] = reason
         else:
@@ -197,13 +197,14 @@ def compare(label, config, variants, device, options, too_big):
                 prepared[variant] = prepare(settings, device)
             except Exception as error:  # noqa: BLE001 - a variant that fails to build or compile is reported
                 row['status'] = status_line(error)
+                stopped.setdefault(variant, f'failed at T={config.max_seq_len}')
                 continue
             if VARIANTS[variant][2] == 'cudnn':
                 prepared[variant]['flops'] = xla_twin_flops(settings, device)
             row['memory_gb'] = round(prepared[variant]['bytes'] / GB, 3)
             if prepared[variant]['bytes'] >= budget:
                 row['status'] = f"would need {prepared[variant]['bytes'] / GB:.3g} GB"
-                too_big.setdefault(variant, config.max_seq_len)
+                stopped.setdefault(variant, f'did not fit at T={config.max_seq_len}')
     runs = {name: p for name, p in prepared.items() if 'status' not in rows[name]}
 
     def step(p):
@@ -215,6 +216,7 @@ def compare(label, config, variants, device, options, too_big):
     for variant, value in seconds.items():
         if isinstance(value, Exception):
             rows[variant]['status'] = status_line(value)
+            stopped.setdefault(variant, f'failed at T={config.max_seq_len}')
             continue
         rows[variant].update(status='ran', step_seconds=round(value, 5),
                              examples_per_second=round(config.batch_size / value, 3))
@@ -398,12 +400,12 @@ def main(argv):
     work = [(task, task_config(task, options.small, options.length)) for task in options.tasks]
     work += [(f'ember T=2^{p}', dataclasses.replace(task_config('ember', options.small, 0), max_seq_len=2 ** p,
                                                      batch_size=1)) for p in options.powers]
-    rows, skipped, too_big, started, why = [], [], {}, time.time(), 'deadline'
+    rows, skipped, given_up, started, why = [], [], {}, time.time(), 'deadline'
     for label, config in work:
         if why == 'deadline' and not (options.deadline_seconds and time.time() - started > options.deadline_seconds):
             try:
                 measured = compare(label, config, options.variants, device, options,
-                                   too_big if label.startswith('ember T=') else {})
+                                   given_up if label.startswith('ember T=') else {})
             except KeyboardInterrupt:  # e.g. a time limit's SIGINT: write what was measured
                 why = 'interrupted'
             else:
@@ -414,12 +416,12 @@ def main(argv):
         rows += [{'task': label, 'variant': v, 'length': config.max_seq_len, 'batch': config.batch_size,
                   'status': f'skipped: {why}'} for v in options.variants]
     if skipped:
-        print(f'{stopped(why, options)}; not measured: {", ".join(skipped)}', flush=True)
+        print(f'{stop_reason(why, options)}; not measured: {", ".join(skipped)}', flush=True)
     write_outputs(rows, output_dir, options.variants, notes(device, options, skipped, why))
     print(f'wrote speed_memory.csv, .md and .png in {output_dir}')
 
 
-def stopped(why, options):
+def stop_reason(why, options):
     return f'deadline of {options.deadline_seconds:g} s reached' if why == 'deadline' else 'interrupted'
 
 
@@ -437,7 +439,7 @@ def notes(device, options, skipped, why='deadline'):
              f'{"" if fft_counted() else " (Hrrformer steps are undercounted)"}. cuDNN\'s fused attention is '
              f'invisible to it: a cuDNN step is given the XLA softmax step\'s count.']
     if skipped:
-        lines.append(f'{stopped(why, options)}; not measured: {", ".join(skipped)}.')
+        lines.append(f'{stop_reason(why, options)}; not measured: {", ".join(skipped)}.')
     return lines
 
 

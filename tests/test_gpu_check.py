@@ -11,7 +11,7 @@ SCRIPT = ROOT / 'benchmarks' / 'gpu_check.sh'
 STAGES = ['environment', 'listops_data', 'speed', 'sweep', 'listops_train', 'results']
 
 
-def run(out, *args, env=None, timeout=170):
+def run(out, *args, env=None, timeout=300):
     return subprocess.run(['bash', str(SCRIPT), str(out), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

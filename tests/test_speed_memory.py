@@ -69,7 +69,7 @@ def test_an_interrupt_keeps_what_was_measured(tmp_path, monkeypatch):
     # a time limit's SIGINT arrives as KeyboardInterrupt while the second configuration is measured
     calls = []
 
-    def compare(label, config, variants, device, options, too_big):
+    def compare(label, config, variants, device, options, stopped):
         calls.append(label)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -127,6 +127,16 @@ def test_plot_shows_every_point_unclipped_with_a_legend_of_sizes():
                                                             'softmax-cudnn-bfloat16']
     assert [t.get_text() for t in sizes.get_texts()] == ['60 GB', '6 GB', '0.6 GB']
     assert ax.get_xscale() == 'log' and ax.get_yscale() == 'log'
+
+
+def test_a_variant_that_fails_is_reported_and_not_tried_longer(tmp_path, monkeypatch):
+    def prepare(config, device):
+        raise RuntimeError('RESOURCE_EXHAUSTED: out of memory\nwhile allocating')
+    monkeypatch.setattr(speed_memory, 'prepare', prepare)
+    speed_memory.main(['--small', '--tasks=none', '--variants=hrr-float32', '--sweep=9-10', '--matmul_size=64',
+                       f'--output_dir={tmp_path}'])
+    assert [row['status'] for row in read_rows(tmp_path)] == [
+        'error: RuntimeError: RESOURCE_EXHAUSTED: out of memory', 'not tried: failed at T=512']
 
 
 @pytest.mark.parametrize('script, options', [
