@@ -1,4 +1,6 @@
 """Token embedding plus positions: learned (an Embed over positions 0..T-1) or the fixed sinusoid table."""
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -15,20 +17,22 @@ def sinusoid_table(max_seq_len, features):
 
 
 class Embedding(nn.Module):
-    """ids (B, T) -> token embedding + position embedding (B, T, E)."""
+    """ids (B, T) -> token embedding + position embedding (B, T, E) in `dtype` (the tables stay float32)."""
     vocab_size: int
     embed_size: int
     max_seq_len: int
     positions: str = 'learned'  # 'learned' | 'fixed' (sinusoid, not trained)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, ids):
         length = ids.shape[-1]
         if length > self.max_seq_len:
             raise ValueError(f'sequence of {length} tokens is longer than max_seq_len={self.max_seq_len}')
-        x = nn.Embed(self.vocab_size, self.embed_size, name='token')(ids)                # (B, T, E)
+        x = nn.Embed(self.vocab_size, self.embed_size, dtype=self.dtype, name='token')(ids)   # (B, T, E)
         if self.positions == 'learned':
-            pos = nn.Embed(self.max_seq_len, self.embed_size, name='position')(jnp.arange(length))
+            pos = nn.Embed(self.max_seq_len, self.embed_size, dtype=self.dtype, name='position')(
+                jnp.arange(length))
         elif self.positions == 'fixed':
             pos = jnp.asarray(sinusoid_table(self.max_seq_len, self.embed_size)[:length])
         else:

@@ -8,8 +8,15 @@ HRR attention (paper Sec. 3), per head, on q, k, v of shape (B, h, T, H'):
 Everything is done on real FFT spectra: the forward pass takes three rffts and no inverse transform
 (the cosine is taken by Parseval's theorem), the hand-written backward pass one irfft per input; about
 3x faster than the original's fft/ifft formulation (benchmarks/attention.py).
+
+Precision (`dtype`, float32 as the paper, or bfloat16): parameters are always float32; the Dense layers
+and embeddings compute in `dtype`, and the activations between layers are `dtype`. Kept in float32
+whatever `dtype` is: the HRR attention (there is no half-precision FFT), LayerNorm (Flax computes it in
+float32 from float32 parameters, then casts), every softmax, and the log-probabilities the model returns,
+so the loss is float32 too.
 """
-from functools import partial
+from functools import lru_cache, partial
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -106,15 +113,62 @@ def _hrr_attention_backward(residuals, g):
 _hrr_attention.defvjp(_hrr_attention_forward, _hrr_attention_backward)
 
 
-def softmax_attention(q, k, v, mask=None):
-    """The Transformer baseline: Flax's dot-product attention, softmax(q k^T / sqrt(H')) v, on the same
-    (B, h, T, H') layout; padded keys (mask 0) get no weight."""
+def softmax_attention(q, k, v, mask=None, impl='auto'):
+    """The Transformer baseline: softmax(q k^T / sqrt(H')) v on the same (B, h, T, H') layout; padded keys
+    (mask 0) get no weight. Logits and softmax are float32 whatever the inputs' dtype; the output has q's.
+    impl: 'xla' (JAX's reference implementation, an explicit mask), 'cudnn' (cuDNN's fused kernel, the padding
+    given as lengths), or 'auto': cuDNN on a GPU in half precision, else XLA. Where cuDNN refuses the shape,
+    dtype or platform, XLA's is used and one line says so (once per shape)."""
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))                     # (B, T, h, H')
-    key_mask = None if mask is None else (mask[:, None, None, :] > 0)           # (B, 1, 1, T)
-    return nn.dot_product_attention(q, k, v, mask=key_mask).transpose(0, 2, 1, 3)
+    if wants_cudnn(impl, q.dtype) and cudnn_refusal(q.shape, q.dtype.name, mask is not None) is None:
+        out = attention_by_lengths(q, k, v, mask, 'cudnn')
+    else:
+        key_mask = None if mask is None else (mask[:, None, None, :] > 0)       # (B, 1, 1, T)
+        out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation='xla')
+    return out.transpose(0, 2, 1, 3)                                            # (B, h, T, H')
 
 
-ATTENTION = {'hrr': hrr_attention, 'softmax': softmax_attention}
+def attention_by_lengths(q, k, v, mask, implementation):
+    """Dot-product attention on (B, T, h, H') with the padding given as each example's number of keys, as
+    cuDNN wants it (it is slow with an explicit mask). Exact because padding is always trailing (id 0 after
+    the last real token); queries at padded positions are computed as with a key mask, not zeroed.
+    Only an all-padding row (the trainer's filler rows in evaluation, of weight 0) differs: 0 keys would be
+    0/0 in cuDNN, so it attends to all its keys, where a key mask with no key left gives uniform weights."""
+    if mask is None:
+        lengths = None
+    else:
+        count = jnp.sum(mask > 0, axis=-1).astype(jnp.int32)                    # (B,)
+        lengths = jnp.where(count > 0, count, mask.shape[-1])
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=implementation)
+
+
+def wants_cudnn(impl, dtype):
+    """Whether softmax attention tries cuDNN: asked for, or by default on a GPU in half precision (cuDNN's
+    fused attention has no float32 kernel)."""
+    if impl not in ('auto', 'xla', 'cudnn'):
+        raise ValueError(f"softmax_impl must be 'auto', 'xla' or 'cudnn', not {impl!r}")
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return impl == 'cudnn' or (impl == 'auto' and half and jax.devices()[0].platform == 'gpu')
+
+
+@lru_cache(maxsize=None)
+def cudnn_refusal(shape, dtype, masked):
+    """None when cuDNN's attention compiles forward and backward at this (B, T, h, H') shape and dtype (name);
+    otherwise why not, after printing one line. cuDNN refuses some platforms, shapes and dtypes while
+    tracing, others only when compiling: a small standalone compile catches both (cached per shape)."""
+    arrays = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))] * 3
+    mask = jax.ShapeDtypeStruct(shape[:2], jnp.float32) if masked else None
+
+    def loss(q, k, v, mask):
+        return jnp.sum(attention_by_lengths(q, k, v, mask, 'cudnn').astype(jnp.float32))
+    try:
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*arrays, mask).compile()
+        return None
+    except Exception as error:  # noqa: BLE001 - whatever cuDNN or XLA raises means: not here
+        reason = f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:200]}'
+        print(f'note: cuDNN attention is not available for (B, T, h, H\') = {tuple(shape)} {dtype} on '
+              f'{jax.devices()[0].platform} ({reason}); using XLA\'s softmax attention there', flush=True)
+        return reason
 
 
 class SelfAttention(nn.Module):
@@ -123,12 +177,15 @@ class SelfAttention(nn.Module):
     heads: int
     use_bias: bool = False  # LRA tasks: no bias; EMBER: bias
     attention: str = 'hrr'
+    dtype: Any = jnp.float32  # of the Dense computations (parameters stay float32)
+    softmax_impl: str = 'auto'  # softmax attention only: 'auto', 'xla' or 'cudnn'
 
     @nn.compact
     def __call__(self, x, mask=None):                                           # x (B, T, E)
-        dense = partial(nn.Dense, self.features, use_bias=self.use_bias)
+        dense = partial(nn.Dense, self.features, use_bias=self.use_bias, dtype=self.dtype)
         q, k, v = (split_heads(dense(name=name)(x), self.heads) for name in ('query', 'key', 'value'))
-        out = ATTENTION[self.attention](q, k, v, mask)                          # (B, h, T, H')
+        attend = hrr_attention if self.attention == 'hrr' else partial(softmax_attention, impl=self.softmax_impl)
+        out = attend(q, k, v, mask)                                             # (B, h, T, H')
         if self.attention == 'hrr' and self.is_mutable_collection('intermediates'):  # for weight maps only
             self.sow('intermediates', 'weights', hrr_weights(q, k, v, mask))    # (B, h, T)
         return dense(name='output')(merge_heads(out))                           # (B, T, E)
@@ -144,16 +201,18 @@ class MLP(nn.Module):
     dropout_rate: float
     activation: str = 'gelu'
     use_bias: bool = False  # LRA: no bias on the second Dense; EMBER: bias
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train):
-        x = ACTIVATIONS[self.activation](nn.Dense(self.hidden)(x))
-        x = nn.Dense(self.features, use_bias=self.use_bias)(x)
+        x = ACTIVATIONS[self.activation](nn.Dense(self.hidden, dtype=self.dtype)(x))
+        x = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype)(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
-def layer_norm():
-    return nn.LayerNorm(epsilon=1e-6)
+def layer_norm(dtype):
+    """Computed in float32 (Flax promotes its statistics and the float32 parameters), returned as `dtype`."""
+    return nn.LayerNorm(epsilon=1e-6, dtype=dtype)
 
 
 class EncoderBlock(nn.Module):
@@ -166,21 +225,24 @@ class EncoderBlock(nn.Module):
     use_bias: bool = False
     activation: str = 'gelu'
     attention: str = 'hrr'
+    dtype: Any = jnp.float32
+    softmax_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, mask, train):                                         # x (B, T, E)
-        attend = SelfAttention(self.features, self.heads, self.use_bias, self.attention)
-        mlp = MLP(self.features, self.mlp_hidden, self.dropout_rate, self.activation, self.use_bias)
+        attend = SelfAttention(self.features, self.heads, self.use_bias, self.attention, self.dtype,
+                               self.softmax_impl)
+        mlp = MLP(self.features, self.mlp_hidden, self.dropout_rate, self.activation, self.use_bias, self.dtype)
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         if self.style in ('A', 'D'):
             x = x + drop(attend(x, mask))
-            return x + mlp(layer_norm()(x), train)
+            return x + mlp(layer_norm(self.dtype)(x), train)
         if self.style == 'B':  # pre-LN
-            x = x + drop(attend(layer_norm()(x), mask))
-            return x + mlp(layer_norm()(x), train)
+            x = x + drop(attend(layer_norm(self.dtype)(x), mask))
+            return x + mlp(layer_norm(self.dtype)(x), train)
         if self.style == 'C':  # post-LN
-            x = layer_norm()(x + drop(attend(x, mask)))
-            return layer_norm()(x + mlp(x, train))
+            x = layer_norm(self.dtype)(x + drop(attend(x, mask)))
+            return layer_norm(self.dtype)(x + mlp(x, train))
         raise ValueError(f"block style must be one of A, B, C, D, not {self.style!r}")
 
 
@@ -201,22 +263,25 @@ class Encoder(nn.Module):
     activation: str = 'gelu'
     cls_token: bool = False  # EMBER: a learned token (without position) before the sequence
     attention: str = 'hrr'  # 'softmax': the Transformer baseline, same blocks otherwise
+    dtype: Any = jnp.float32  # of the Dense layers, the embeddings and the activations between layers
+    softmax_impl: str = 'auto'  # softmax attention only: 'auto', 'xla' or 'cudnn'
 
     @nn.compact
     def __call__(self, ids, train):
         ids = ids.astype(jnp.int32)                                             # (B, T)
         mask = (ids > 0).astype(jnp.float32) if self.use_mask else None         # (B, T)
-        x = Embedding(self.vocab_size, self.embed_size, self.max_seq_len, self.positions)(ids)
+        x = Embedding(self.vocab_size, self.embed_size, self.max_seq_len, self.positions, self.dtype)(ids)
         if self.cls_token:
             token = self.param('cls_token', nn.initializers.lecun_normal(), (1, 1, self.embed_size))
             x = jnp.concatenate([jnp.broadcast_to(token, (x.shape[0], 1, x.shape[2])).astype(x.dtype), x], axis=1)
             mask = None if mask is None else jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.block == 'A':
-            x = layer_norm()(x)
+            x = layer_norm(self.dtype)(x)
         for _ in range(self.n_layer):
             x = EncoderBlock(self.embed_size, self.heads, self.mlp_hidden, self.dropout_rate, self.block,
-                             self.use_bias, self.activation, self.attention)(x, mask, train)
+                             self.use_bias, self.activation, self.attention, self.dtype,
+                             self.softmax_impl)(x, mask, train)
         return x                                                                # (B, [1 +] T, E)
 
 
@@ -227,15 +292,18 @@ def pool(encoder, x):
 
 
 class ClassifierHead(nn.Module):
-    """(B, D) features -> Dense(E) -> activation (GELU; EMBER: ReLU) -> Dense(classes) -> log-softmax."""
+    """(B, D) features -> Dense(E) -> activation (GELU; EMBER: ReLU) -> Dense(classes) -> log-softmax,
+    float32 whatever the computing dtype (the loss is taken on it)."""
     embed_size: int
     num_classes: int
     activation: str = 'gelu'
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = ACTIVATIONS[self.activation](nn.Dense(self.embed_size)(x))
-        return nn.log_softmax(nn.Dense(self.num_classes)(x), axis=-1)
+        x = ACTIVATIONS[self.activation](nn.Dense(self.embed_size, dtype=self.dtype)(x))
+        logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)                 # (B, classes)
+        return nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 class Classifier(nn.Module):
@@ -246,7 +314,8 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, inputs, train=False):
         x = pool(self.encoder, self.encoder(inputs, train))                     # (B, E)
-        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation)(x)
+        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation,
+                              self.encoder.dtype)(x)
 
 
 class DualClassifier(nn.Module):
@@ -259,7 +328,8 @@ class DualClassifier(nn.Module):
         m1 = pool(self.encoder, self.encoder(inputs1, train))                   # (B, E)
         m2 = pool(self.encoder, self.encoder(inputs2, train))                   # (B, E)
         x = jnp.concatenate([m1, m2, m1 * m2, m1 - m2], axis=-1)                # (B, 4E)
-        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation)(x)
+        return ClassifierHead(self.encoder.embed_size, self.num_classes, self.encoder.activation,
+                              self.encoder.dtype)(x)
 
 
 def build_model(config):
@@ -269,6 +339,6 @@ def build_model(config):
                       mlp_hidden=int(config.embed_size * config.mlp_ratio), dropout_rate=config.dropout_rate,
                       block=config.block, positions=config.positions, use_mask=config.use_mask,
                       use_bias=config.use_bias, activation=config.activation, cls_token=config.cls_token,
-                      attention=config.attention)
+                      attention=config.attention, dtype=jnp.dtype(config.dtype), softmax_impl=config.softmax_impl)
     head = {'single': Classifier, 'dual': DualClassifier}[config.head]
     return head(encoder=encoder, num_classes=config.num_classes)

@@ -56,6 +56,8 @@ class Config:
     cls_token: bool = False           # a learned CLS token in front, whose output the head reads (EMBER);
                                       # otherwise the head reads the mean over time
     attention: str = 'hrr'            # 'hrr', or 'softmax' for the Transformer baseline (same blocks)
+    dtype: str = 'float32'            # of the Dense layers and embeddings: 'float32' (paper) or 'bfloat16'
+    softmax_impl: str = 'auto'        # softmax attention: 'xla', 'cudnn', or 'auto' (cuDNN on a GPU in bfloat16)
     dropout_rate: float = 0.1         # after the embedding, the attention and the MLP
     # optimisation
     batch_size: int = 2               # per device; the global batch is this times the device count
@@ -110,6 +112,7 @@ def check_config(config):
         raise UserError(f'--mlp_ratio={config.mlp_ratio:g} leaves the MLP no hidden units: use a positive ratio')
     choices = {'block': 'ABCD', 'positions': ('learned', 'fixed'), 'head': ('single', 'dual'),
                'optimizer': ('adam', 'adamw'), 'activation': ('gelu', 'relu'), 'attention': ('hrr', 'softmax'),
+               'dtype': ('float32', 'bfloat16'), 'softmax_impl': ('auto', 'xla', 'cudnn'),
                'loss': ('cross_entropy', 'binary_cross_entropy')}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:

@@ -2,10 +2,13 @@
 
 The original computes the same math with complex fft/ifft pairs and an explicit roll(flip(q)) inverse:
 five complex transforms forward and a cosine in the time domain. Both run interleaved in one
-process, so machine noise hits them alike; the ratio is what to read.
+process, so machine noise hits them alike; the ratio is what to read. With --softmax: the softmax
+baseline's attention in bfloat16, XLA's implementation against cuDNN's fused kernel (on a GPU), with
+the largest differences of their outputs and gradients.
 
-    python benchmarks/attention.py [--repeats=N]
+    python benchmarks/attention.py [--repeats=N] [--softmax]
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,7 +19,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hrrformer import hrr_attention  # noqa: E402
+import utils  # noqa: E402
+from hrrformer import cudnn_refusal, hrr_attention, softmax_attention  # noqa: E402
 
 SHAPES = {  # (B, h, T, H') at each task's configuration
     'ListOps': (4, 8, 2000, 64),
@@ -51,15 +55,16 @@ def temp_bytes(compiled):
     return getattr(analysis, 'temp_size_in_bytes', float('nan')) if analysis is not None else float('nan')
 
 
-def measure(shape, repeats):
+def measure(shape, repeats, attentions, dtype=jnp.float32):
+    """Median seconds, compiled temporary memory and outputs (value, gradients) of each attention in
+    `attentions` (name -> function), at one (B, h, T, H') shape, run interleaved."""
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in keys)
+    q, k, v = (jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys)
     mask = jnp.ones(shape[:1] + shape[2:3], jnp.float32).at[:, shape[2] * 3 // 4:].set(0)  # a padded tail
-    fns = {name: forward_backward(fn) for name, fn in (('hrr', hrr_attention), ('original', original_attention))}
+    fns = {name: forward_backward(fn) for name, fn in attentions.items()}
     compiled = {name: fn.lower(q, k, v, mask).compile() for name, fn in fns.items()}
     times = {name: [] for name in fns}
-    for name, fn in compiled.items():  # warm-up
-        jax.block_until_ready(fn(q, k, v, mask))
+    outputs = {name: jax.block_until_ready(fn(q, k, v, mask)) for name, fn in compiled.items()}  # warm-up
     for _ in range(repeats):  # interleaved, so both see the same machine state
         for name, fn in compiled.items():
             tic = time.perf_counter()
@@ -67,21 +72,57 @@ def measure(shape, repeats):
             times[name].append(time.perf_counter() - tic)
     median = {name: float(np.median(t)) for name, t in times.items()}
     memory = {name: temp_bytes(fn) for name, fn in compiled.items()}
-    return median, memory
+    return median, memory, outputs
+
+
+def relative_difference(a, b):
+    """The largest difference between two results (value, gradients) relative to the largest value of each."""
+    return max(float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))) /
+                     jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32))), 1e-30))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def compare_softmax(repeats):
+    """Softmax attention in bfloat16, forward+backward: XLA against cuDNN where cuDNN takes the shape."""
+    platform = jax.devices()[0].platform
+    if platform != 'gpu':
+        print(f'cuDNN not available on {platform}: nothing to compare')
+        return
+    print(f"{'task':8} {'(B, h, T, H)':>22} {'xla ms':>9} {'cudnn ms':>9} {'speed-up':>9} {'xla temp MB':>12} "
+          f"{'cudnn temp MB':>14} {'rel. diff':>10}")
+    for task, shape in SHAPES.items():
+        b, h, t, e = shape
+        refused = cudnn_refusal((b, t, h, e), 'bfloat16', True)
+        attentions = {'xla': lambda q, k, v, m: softmax_attention(q, k, v, m, impl='xla')}
+        if refused is None:
+            attentions['cudnn'] = lambda q, k, v, m: softmax_attention(q, k, v, m, impl='cudnn')
+        median, memory, outputs = measure(shape, repeats, attentions, jnp.bfloat16)
+        line = f"{task:8} {str(shape):>22} {median['xla'] * 1e3:9.1f}"
+        if refused is None:
+            line += (f" {median['cudnn'] * 1e3:9.1f} {median['xla'] / median['cudnn']:8.2f}x "
+                     f"{memory['xla'] / 2**20:12.1f} {memory['cudnn'] / 2**20:14.1f} "
+                     f"{relative_difference(outputs['xla'], outputs['cudnn']):10.2g}")
+        else:
+            line += f"  (cuDNN refused: {refused})"
+        print(line, flush=True)
 
 
 def main(argv):
-    repeats = 7
-    for arg in argv:
-        if arg.startswith('--repeats='):
-            repeats = int(arg.split('=', 1)[1])
-        else:
-            raise SystemExit(f'error: unknown argument {arg!r}; usage: python benchmarks/attention.py [--repeats=N]')
+    parser = utils.OneLineParser(prog='attention.py', description=__doc__.split('\n\n')[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--repeats', metavar='INT', type=utils.integer_at_least(1), default=7,
+                        help='timed runs of each function after one warm-up (the median is reported)')
+    parser.add_argument('--softmax', action='store_true', help='compare the softmax baseline\'s attention in '
+                        'bfloat16, XLA against cuDNN, instead of hrr_attention against the original')
+    options = parser.parse_args(argv)
+    repeats = options.repeats
     print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; forward+backward, median of {repeats}')
+    if options.softmax:
+        return compare_softmax(repeats)
     print(f"{'task':8} {'(B, h, T, H)':>22} {'hrr ms':>9} {'orig ms':>9} {'speed-up':>9} "
           f"{'hrr temp MB':>12} {'orig temp MB':>13}")
     for task, shape in SHAPES.items():
-        median, memory = measure(shape, repeats)
+        median, memory, _ = measure(shape, repeats, {'hrr': hrr_attention, 'original': original_attention})
         print(f"{task:8} {str(shape):>22} {median['hrr'] * 1e3:9.1f} {median['original'] * 1e3:9.1f} "
               f"{median['original'] / median['hrr']:8.2f}x {memory['hrr'] / 2**20:12.1f} "
               f"{memory['original'] / 2**20:13.1f}")
