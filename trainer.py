@@ -550,7 +550,10 @@ def train_and_evaluate(config, load_dataset, devices=None):
         raise UserError(f'no checkpoint in {checkpoints} to evaluate: train first, or point --workdir at a run')
 
     # 2. data
-    train, valid, test = (as_split(split) for split in load_dataset(config))
+    train, valid, test = load_dataset(config)
+    one_split = valid is test  # Text (and EMBER with valid_fraction 0) validate on the test split: evaluate it once
+    train, valid = as_split(train), as_split(valid)
+    test = valid if one_split else as_split(test)
     n_train, n_valid, n_test = used(train, config.train_examples), used(valid, config.eval_examples), \
         used(test, config.eval_examples)
     for split, n, name in ((train, n_train, 'training'), (valid, n_valid, 'validation'), (test, n_test, 'test')):
@@ -637,7 +640,8 @@ def train_and_evaluate(config, load_dataset, devices=None):
                            f'examples gave NaN losses; nothing of the epoch was saved, the last good checkpoint in '
                            f'{checkpoints} is kept: resume from it with a smaller --lr (now {config.lr:g})')
         valid_acc, _ = evaluate(p_eval, state.params, valid, global_batch, n_devices, n_valid, share)
-        test_acc, _ = evaluate(p_eval, state.params, test, global_batch, n_devices, n_test, share)
+        test_acc = valid_acc if one_split else \
+            evaluate(p_eval, state.params, test, global_batch, n_devices, n_test, share)[0]
         row = {'epoch': epoch, 'train_loss': round(train_loss, 6),
                'train_acc': round(100 * totals['correct'] / max(totals['count'], 1), 4),
                'valid_acc': round(valid_acc, 4), 'test_acc': round(test_acc, 4),

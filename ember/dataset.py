@@ -177,6 +177,7 @@ class FileSplit:
     def __init__(self, files, max_seq_len, workers):
         self.files, self.max_seq_len, self.workers = files, max_seq_len, workers
         self.sampler, self.loader = IndexBatches(), None
+        self.labels = np.asarray([label for _, label in files], np.int64)  # known without reading a file
 
     def __len__(self):
         return len(self.files)

@@ -68,7 +68,8 @@ def complete(config):
     if config.batch_size == 0:
         config = dataclasses.replace(config, batch_size=max(2 ** int(16 - math.log2(config.max_seq_len)), 1))
     if config.workdir is None:
-        config = dataclasses.replace(config, workdir=str(ROOT / 'weights' / f'ember_T{config.max_seq_len}'))
+        name = f'ember_T{config.max_seq_len}' + (f'_seed{config.seed}' if config.seed else '')
+        config = dataclasses.replace(config, workdir=str(ROOT / 'weights' / name))
     return config
 
 

@@ -117,7 +117,7 @@ def test_parameters_and_optimiser_state_stay_float32(devices):
     inputs, targets = fixed_batch(config)
     batch = dict(inputs, targets=targets)
     model = build_model(config)
-    state, _ = trainer.init_state(config, model, batch, steps_per_epoch=1)
+    state, _ = trainer.init_state(config, model, batch, steps_per_decay=1)
     p_train, _ = trainer.compile_steps(config, model.apply, devices)
     state, metrics = p_train(trainer.replicate(state, devices), trainer.shard(batch, 4), jax.random.PRNGKey(0))
     state = trainer.unreplicate(state)
