@@ -1,8 +1,8 @@
 """Learning at all: one layer of HRR attention, trained by the real pmap step on 4 devices, solves a small
 task in a fixed number of steps. Fails when the update goes the wrong way or nowhere, and when the CLS
 token cannot see the sequence."""
-import numpy as np
 import jax
+import numpy as np
 import pytest
 
 import trainer
