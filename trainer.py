@@ -235,8 +235,10 @@ def decay_steps(config, n_train, global_batch):
 def make_optimizer(config, steps_per_decay):
     """Adam or AdamW with a smooth exponential decay of `lr_decay` per `steps_per_decay` steps, floored at
     `end_lr`, starting after the first step: the original's optax.exponential_decay."""
+    # (optax floors with max() only when the rate is below 1: with 1 it would clip the constant lr to end_lr)
     schedule = optax.exponential_decay(init_value=config.lr, transition_steps=max(steps_per_decay, 1),
-                                       decay_rate=config.lr_decay, transition_begin=1, end_value=config.end_lr)
+                                       decay_rate=config.lr_decay, transition_begin=1,
+                                       end_value=config.end_lr if config.lr_decay < 1 else None)
     if config.optimizer == 'adamw':
         return optax.adamw(schedule, weight_decay=config.weight_decay), schedule
     return optax.adam(schedule), schedule

@@ -161,6 +161,8 @@ def test_learning_rate_after_k_epochs_is_the_originals(task):
     unset = dataclasses.replace(config, decay_examples=None)  # unset: lr_decay per epoch of the examples used
     _, schedule = trainer.make_optimizer(unset, trainer.decay_steps(unset, 800, 8))
     assert float(schedule(1 + 3 * 100)) == pytest.approx(max(1e-3 * rate ** 3, 1e-5), rel=1e-6)
+    _, constant = trainer.make_optimizer(dataclasses.replace(config, lr_decay=1.0), 100)  # no decay: lr throughout
+    assert [float(constant(step)) for step in (0, 1, 10_000)] == pytest.approx([1e-3] * 3)
 
 
 def test_history_records_the_learning_rate_of_the_schedule(tmp_path):
