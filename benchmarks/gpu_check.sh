@@ -22,6 +22,10 @@
 set -u
 
 usage="usage: bash benchmarks/gpu_check.sh OUT [--smoke]"
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above, without its '#'
+    sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 [ $# -ge 1 ] && [ $# -le 2 ] && [ "${1#-}" = "$1" ] || { echo "$usage" >&2; exit 2; }
 [ $# -eq 1 ] || [ "$2" = "--smoke" ] || { echo "$usage" >&2; exit 2; }
 SMOKE=$([ "${2:-}" = "--smoke" ] && echo 1 || echo 0)

@@ -16,6 +16,7 @@ from conftest import ROOT
 from ember.generate import write_dataset
 from ember.hrrformer_mgpu import complete, config
 from hrrformer import build_model
+from utils import read_history
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +71,11 @@ def test_sweep_writes_its_table_and_plot(data_dir, tmp_path):
     with open(tmp_path / 'sweep.csv') as f:
         rows = list(csv.DictReader(f))
     assert [int(r['length']) for r in rows] == [256, 512] and all(r['status'] == 'ok' for r in rows)
-    assert all(0 <= float(r['test_acc']) <= 100 and float(r['peak_memory_mb']) > 0 for r in rows)
+    for row in rows:  # each row is its run's own history
+        history = read_history(tmp_path / f"T{row['length']}" / 'history.csv')
+        assert len(history) == int(row['epochs']) == 1
+        assert (row['test_acc'], row['valid_acc']) == (history[-1]['test_acc'], history[-1]['valid_acc'])
+        assert float(row['peak_memory_mb']) == float(history[-1]['peak_memory_mb']) > 0
     assert (tmp_path / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     bad = run(ROOT / 'ember' / 'sweep.py', '--max_power=x')
     assert bad.returncode == 2 and "--max_power: expected an integer >= 1, got 'x'" in bad.stderr

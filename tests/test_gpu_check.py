@@ -72,3 +72,12 @@ def test_usage_errors_are_one_line(tmp_path):
     for args in ([], [str(tmp_path), '--fast'], ['--smoke']):
         result = subprocess.run(['bash', str(SCRIPT), *args], capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and result.stderr.strip() == 'usage: bash benchmarks/gpu_check.sh OUT [--smoke]'
+
+
+def test_help_names_every_stage_and_the_smoke_mode():
+    result = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_check.sh'), '--help'], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == ''
+    for word in ('environment', 'speed', 'sweep', 'listops_data', 'listops_train', 'results', '--smoke',
+                 'GPU_CHECK_SCALE', 'PYTHON'):
+        assert word in result.stdout
