@@ -86,7 +86,7 @@ environment() {
     "$PYTHON" - <<'PY'
 import importlib, sys
 print('python', sys.version.replace('\n', ' '))
-for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy', 'tqdm', 'matplotlib'):
+for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy', 'matplotlib'):
     try:
         print(name, getattr(importlib.import_module(name), '__version__', '?'))
     except ImportError as error:
