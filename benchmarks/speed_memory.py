@@ -183,6 +183,7 @@ def compare(label, config, variants, device, options, stopped):
     """One row per variant at one configuration. `stopped`: variant -> why it is not tried at this length of
     the sweep (it did not fit, or failed, at a shorter one); updated here."""
     budget, prepared, rows = memory_budget(device, options.memory_fraction), {}, {}
+    held = 0  # bytes of the variants that will run: they are timed in turn, so they are held together
     for variant in variants:
         row = rows[variant] = {'task': label, 'variant': variant, 'length': config.max_seq_len,
                                'batch': config.batch_size}
@@ -205,6 +206,11 @@ def compare(label, config, variants, device, options, stopped):
             if prepared[variant]['bytes'] >= budget:
                 row['status'] = f"would need {prepared[variant]['bytes'] / GB:.3g} GB"
                 stopped.setdefault(variant, f'did not fit at T={config.max_seq_len}')
+            elif held + prepared[variant]['bytes'] >= budget:
+                row['status'] = (f"not run: {prepared[variant]['bytes'] / GB:.3g} GB beside the other variants' "
+                                 f"{held / GB:.3g} GB would pass the budget (run fewer --variants)")
+            else:
+                held += prepared[variant]['bytes']
     runs = {name: p for name, p in prepared.items() if 'status' not in rows[name]}
 
     def step(p):
