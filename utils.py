@@ -289,7 +289,7 @@ CACHE_FORMAT = 2  # every cache key holds it: raise it when the layout of the ca
 def save_npy(path, array):
     """np.save through a temporary file and a rename: a crash never leaves a half-written cache."""
     path = Path(path)
-    tmp = path.with_name(path.name + '.tmp.npy')
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp.npy')  # per process: several may build one cache at once
     np.save(tmp, array)
     os.replace(tmp, path)
 
@@ -347,7 +347,7 @@ def cached_arrays(prefix, names, build, describe, settings, sources=()):
         key_file.unlink(missing_ok=True)  # arrays without their key are never trusted, even after a crash
         for name, path in files.items():
             save_npy(path, arrays[name])
-        tmp = key_file.with_name(key_file.name + '.tmp')
+        tmp = key_file.with_name(f'{key_file.name}.{os.getpid()}.tmp')
         tmp.write_text(json.dumps({'key': key, 'sizes': {name: path.stat().st_size for name, path in files.items()}}))
         os.replace(tmp, key_file)
     except OSError as error:
