@@ -459,20 +459,16 @@ def tree_checksum(tree):
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
 def _quiet_orbax():
     """Orbax logs every failed write with a traceback from its own threads; the exception we raise says it."""
-    import contextlib
     logger = logging.getLogger('absl')
-
-    @contextlib.contextmanager
-    def quiet():
-        level = logger.level
-        logger.setLevel(logging.CRITICAL)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-    return quiet()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def save_checkpoint(directory, step, tree, meta, primary=True):
